@@ -1,0 +1,7 @@
+//! `loadstar-sims`: simulated stations and the load generator.
+//!
+//! Invariant: depends on the two pure crates (`loadstar-ocpp`, `loadstar-optimizer`), never on
+//! `loadstar`, so that `loadstar demo` and `loadstar simulate` can use it.
+
+pub mod client;
+pub mod loadgen;
