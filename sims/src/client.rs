@@ -220,7 +220,10 @@ fn to_value<T: serde::Serialize>(value: T) -> Result<serde_json::Value, Violatio
     serde_json::to_value(value).map_err(|e| Violation::new(ErrorCode::InternalError, e.to_string()))
 }
 
-fn answer_v16(memory: &mut StationMemory, call: &IncomingCall) -> Result<serde_json::Value, Violation> {
+fn answer_v16(
+    memory: &mut StationMemory,
+    call: &IncomingCall,
+) -> Result<serde_json::Value, Violation> {
     use v16::*;
     match call.action.as_str() {
         "GetConfiguration" => {
@@ -231,6 +234,7 @@ fn answer_v16(memory: &mut StationMemory, call: &IncomingCall) -> Result<serde_j
                 ("ChargingScheduleAllowedChargingRateUnit", "Current,Power"),
                 ("ChargingScheduleMaxPeriods", "24"),
                 ("MaxChargingProfilesInstalled", "8"),
+                ("ConnectorSwitch3to1PhaseSupported", "false"),
                 ("MeterValueSampleInterval", "900"),
             ];
             let lookup = |key: &str| {
@@ -306,6 +310,7 @@ fn answer_v201(
                             "SmartChargingCtrlr.PeriodsPerSchedule" => Some("24"),
                             "SmartChargingCtrlr.ProfileStackLevel" => Some("8"),
                             "SmartChargingCtrlr.Entries" => Some("16"),
+                            "SmartChargingCtrlr.Phases3to1" => Some("false"),
                             _ => None,
                         }
                         .map(str::to_owned)

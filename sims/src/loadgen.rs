@@ -110,17 +110,19 @@ pub async fn run(config: LoadConfig) -> LoadReport {
     let ramp = connect_gap * u32::try_from(config.stations).unwrap_or(u32::MAX);
     let window_start = start + ramp + Duration::from_secs(2);
     let window_end = window_start + config.duration;
-    let per_station_gap =
-        Duration::from_secs_f64(config.stations as f64 / config.rate.max(0.001));
+    let per_station_gap = Duration::from_secs_f64(config.stations as f64 / config.rate.max(0.001));
 
     let mut tasks = Vec::with_capacity(config.stations);
     for index in 0..config.stations {
         let config = config.clone();
-        let (connected, failures, held, tally) =
-            (connected.clone(), failures.clone(), held.clone(), tally.clone());
+        let (connected, failures, held, tally) = (
+            connected.clone(),
+            failures.clone(),
+            held.clone(),
+            tally.clone(),
+        );
         tasks.push(tokio::spawn(async move {
-            tokio::time::sleep_until(start + connect_gap * u32::try_from(index).unwrap_or(0))
-                .await;
+            tokio::time::sleep_until(start + connect_gap * u32::try_from(index).unwrap_or(0)).await;
             let client_config = ClientConfig {
                 url: config.url.clone(),
                 station_id: format!("{}{index:05}", config.id_prefix),
@@ -144,7 +146,11 @@ pub async fn run(config: LoadConfig) -> LoadReport {
             let mut energy_wh = 1_000.0;
             let mut alive = true;
             while next < window_end {
-                if client.idle(next.saturating_duration_since(Instant::now())).await.is_err() {
+                if client
+                    .idle(next.saturating_duration_since(Instant::now()))
+                    .await
+                    .is_err()
+                {
                     alive = false;
                     break;
                 }
@@ -165,9 +171,9 @@ pub async fn run(config: LoadConfig) -> LoadReport {
                     }
                 };
                 match result {
-                    Ok(()) => local.latencies_us.push(
-                        u32::try_from(sent_at.elapsed().as_micros()).unwrap_or(u32::MAX),
-                    ),
+                    Ok(()) => local
+                        .latencies_us
+                        .push(u32::try_from(sent_at.elapsed().as_micros()).unwrap_or(u32::MAX)),
                     Err(ClientError::Closed | ClientError::Connect(_)) => {
                         local.errors += 1;
                         alive = false;
@@ -346,20 +352,25 @@ async fn meter_values(client: &mut StationClient, energy_wh: f64) -> Result<(), 
                 .await?;
         }
         OcppVersion::V201 => {
-            let sv = |value: f64, measurand: v201::MeasurandEnum, phase: Option<v201::PhaseEnum>| {
-                v201::SampledValue {
-                    value,
-                    measurand: Some(measurand),
-                    phase,
-                    ..Default::default()
-                }
-            };
+            let sv =
+                |value: f64, measurand: v201::MeasurandEnum, phase: Option<v201::PhaseEnum>| {
+                    v201::SampledValue {
+                        value,
+                        measurand: Some(measurand),
+                        phase,
+                        ..Default::default()
+                    }
+                };
             let mut sampled = vec![sv(
                 energy_wh,
                 v201::MeasurandEnum::EnergyActiveImportRegister,
                 None,
             )];
-            for phase in [v201::PhaseEnum::L1, v201::PhaseEnum::L2, v201::PhaseEnum::L3] {
+            for phase in [
+                v201::PhaseEnum::L1,
+                v201::PhaseEnum::L2,
+                v201::PhaseEnum::L3,
+            ] {
                 sampled.push(sv(16.0, v201::MeasurandEnum::CurrentImport, Some(phase)));
             }
             sampled.push(sv(11_040.0, v201::MeasurandEnum::PowerActiveImport, None));

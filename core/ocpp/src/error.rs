@@ -112,7 +112,10 @@ impl Violation {
 pub enum Error {
     /// An outbound payload failed schema validation: it is never sent.
     #[error("outbound {action} payload is invalid: {violation}")]
-    InvalidOutbound { action: String, violation: Violation },
+    InvalidOutbound {
+        action: String,
+        violation: Violation,
+    },
     /// A typed message could not be serialized.
     #[error("cannot encode {action}: {source}")]
     Encode {

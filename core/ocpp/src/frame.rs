@@ -116,10 +116,7 @@ impl Frame {
         };
         let shape_error = |expected: &str, reply: bool| FrameError {
             reply_to: reply.then(|| id.clone()),
-            violation: Violation::new(
-                ErrorCode::RpcFrameworkError,
-                format!("expected {expected}"),
-            ),
+            violation: Violation::new(ErrorCode::RpcFrameworkError, format!("expected {expected}")),
         };
         match type_id {
             CALL => {
@@ -197,9 +194,11 @@ impl Frame {
                 action.as_str().into(),
                 payload.clone(),
             ]),
-            Frame::CallResult { id, payload } => {
-                Value::Array(vec![CALL_RESULT.into(), id.as_str().into(), payload.clone()])
-            }
+            Frame::CallResult { id, payload } => Value::Array(vec![
+                CALL_RESULT.into(),
+                id.as_str().into(),
+                payload.clone(),
+            ]),
             Frame::CallError {
                 id,
                 code,

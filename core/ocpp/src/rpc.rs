@@ -196,7 +196,8 @@ impl Endpoint {
 
     /// Number of our CALLs queued or outstanding.
     pub fn pending_calls(&self) -> usize {
-        self.queues.iter().map(VecDeque::len).sum::<usize>() + usize::from(self.outstanding.is_some())
+        self.queues.iter().map(VecDeque::len).sum::<usize>()
+            + usize::from(self.outstanding.is_some())
     }
 
     /// Queues a typed CALL. The payload is validated now: an invalid one is never sent.
@@ -271,7 +272,10 @@ impl Endpoint {
         let payload = match serde_json::to_value(response) {
             Ok(payload) => payload,
             Err(source) => {
-                self.send_error(id, &Violation::new(ErrorCode::InternalError, "encode failed"));
+                self.send_error(
+                    id,
+                    &Violation::new(ErrorCode::InternalError, "encode failed"),
+                );
                 return Err(Error::Encode { action, source });
             }
         };
@@ -280,7 +284,10 @@ impl Endpoint {
         {
             self.send_error(
                 id,
-                &Violation::new(ErrorCode::InternalError, "internal error building the response"),
+                &Violation::new(
+                    ErrorCode::InternalError,
+                    "internal error building the response",
+                ),
             );
             return Err(Error::InvalidOutbound { action, violation });
         }
@@ -348,14 +355,10 @@ impl Endpoint {
                 let Some(out) = self.take_outstanding(&id) else {
                     return;
                 };
-                let result = schema::validate(
-                    self.version,
-                    out.action,
-                    PayloadKind::Response,
-                    &payload,
-                )
-                .map(|()| payload)
-                .map_err(CallFailure::InvalidResponse);
+                let result =
+                    schema::validate(self.version, out.action, PayloadKind::Response, &payload)
+                        .map(|()| payload)
+                        .map_err(CallFailure::InvalidResponse);
                 self.events.push_back(Event::Response {
                     call: out.call,
                     action: out.action.to_owned(),

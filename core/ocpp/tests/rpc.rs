@@ -32,7 +32,9 @@ fn error_reply(ep: &mut Endpoint, frame: &str) -> (String, String) {
     let reply = sent(ep, Instant::now());
     assert_eq!(reply[0], 4, "expected a CALLERROR, got {reply}");
     assert!(
-        reply[3].as_str().is_some_and(|d| !d.is_empty() && d.len() <= 255),
+        reply[3]
+            .as_str()
+            .is_some_and(|d| !d.is_empty() && d.len() <= 255),
         "description must be a non-empty string of at most 255 chars: {reply}"
     );
     assert!(reply[4].is_object(), "details must be an object: {reply}");
@@ -82,19 +84,57 @@ fn malformed_frames_get_the_spec_codes_in_each_version() {
         ("not json", "-1", "FormationViolation", "RpcFrameworkError"),
         ("{\"a\":1}", "-1", "FormationViolation", "RpcFrameworkError"),
         ("[]", "-1", "FormationViolation", "RpcFrameworkError"),
-        (r#"["2","1","Heartbeat",{}]"#, "1", "FormationViolation", "RpcFrameworkError"),
-        (r#"[5,"1","Heartbeat",{}]"#, "1", "ProtocolError", "MessageTypeNotSupported"),
-        (r#"[2,1,"Heartbeat",{}]"#, "-1", "FormationViolation", "RpcFrameworkError"),
-        (r#"[2,"1","Heartbeat"]"#, "1", "FormationViolation", "RpcFrameworkError"),
-        (r#"[2,"1",7,{}]"#, "1", "FormationViolation", "RpcFrameworkError"),
-        (r#"[2,"1","Heartbeat",[]]"#, "1", "FormationViolation", "FormatViolation"),
+        (
+            r#"["2","1","Heartbeat",{}]"#,
+            "1",
+            "FormationViolation",
+            "RpcFrameworkError",
+        ),
+        (
+            r#"[5,"1","Heartbeat",{}]"#,
+            "1",
+            "ProtocolError",
+            "MessageTypeNotSupported",
+        ),
+        (
+            r#"[2,1,"Heartbeat",{}]"#,
+            "-1",
+            "FormationViolation",
+            "RpcFrameworkError",
+        ),
+        (
+            r#"[2,"1","Heartbeat"]"#,
+            "1",
+            "FormationViolation",
+            "RpcFrameworkError",
+        ),
+        (
+            r#"[2,"1",7,{}]"#,
+            "1",
+            "FormationViolation",
+            "RpcFrameworkError",
+        ),
+        (
+            r#"[2,"1","Heartbeat",[]]"#,
+            "1",
+            "FormationViolation",
+            "FormatViolation",
+        ),
         (&long, "-1", "FormationViolation", "RpcFrameworkError"),
     ];
     for &(frame, id, code16, code201) in cases {
         let (got_id, got_code) = error_reply(&mut csms(OcppVersion::V16), frame);
-        assert_eq!((got_id.as_str(), got_code.as_str()), (id, code16), "1.6 {frame}");
+        assert_eq!(
+            (got_id.as_str(), got_code.as_str()),
+            (id, code16),
+            "1.6 {frame}"
+        );
         let (got_id, got_code) = error_reply(&mut csms(OcppVersion::V201), frame);
-        assert_eq!((got_id.as_str(), got_code.as_str()), (id, code201), "2.0.1 {frame}");
+        assert_eq!(
+            (got_id.as_str(), got_code.as_str()),
+            (id, code201),
+            "2.0.1 {frame}"
+        );
     }
 }
 
@@ -218,7 +258,11 @@ fn schema_violations_map_to_the_spec_codes() {
         let mut ep = csms(version);
         let frame = json!([2, "m1", action, payload]).to_string();
         let (id, got) = error_reply(&mut ep, &frame);
-        assert_eq!((id.as_str(), got.as_str()), ("m1", code), "{version} {frame}");
+        assert_eq!(
+            (id.as_str(), got.as_str()),
+            ("m1", code),
+            "{version} {frame}"
+        );
         assert!(
             matches!(ep.poll_event(), Some(Event::Refused { action: Some(a), .. }) if a == action),
             "refusals are reported"
@@ -380,7 +424,9 @@ fn safety_calls_jump_the_queue() {
         answer(&mut ep, &frame[1], json!({"status": "Accepted"}));
         match ep.poll_event() {
             Some(Event::Response {
-                call, result: Ok(_), ..
+                call,
+                result: Ok(_),
+                ..
             }) => order.push(call),
             other => panic!("expected a response, got {other:?}"),
         }

@@ -1,0 +1,94 @@
+//! One clock for everything in `loadstar`: real, or virtual for simulations.
+//!
+//! Virtual time is a tokio runtime with paused time: timers auto-advance whenever every task
+//! waits, so a simulated day runs in seconds. The clock maps tokio's monotonic time to UTC from a
+//! configured start. Code that reads `SystemTime` or `chrono::Utc::now()` directly breaks that
+//! determinism: ask the clock instead.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::time::Instant;
+
+/// Real or virtual time. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Clock {
+    /// The UTC time at `origin`.
+    start_utc: DateTime<Utc>,
+    /// The tokio instant that corresponds to `start_utc`.
+    origin: Instant,
+    virtual_time: bool,
+}
+
+impl Clock {
+    /// Wall-clock time.
+    pub fn real() -> Self {
+        Clock {
+            start_utc: Utc::now(),
+            origin: Instant::now(),
+            virtual_time: false,
+        }
+    }
+
+    /// Virtual time that starts at `start_utc` now. Use it inside a runtime with paused time
+    /// (`tokio::time::pause`, or `start_paused = true`), where `Instant::now()` only moves when
+    /// the runtime advances it.
+    pub fn virtual_from(start_utc: DateTime<Utc>) -> Self {
+        Clock {
+            start_utc,
+            origin: Instant::now(),
+            virtual_time: true,
+        }
+    }
+
+    pub fn is_virtual(&self) -> bool {
+        self.virtual_time
+    }
+
+    /// The monotonic now (tokio time, which is virtual when paused).
+    pub fn instant(&self) -> Instant {
+        Instant::now()
+    }
+
+    /// The current UTC time.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.utc_at(Instant::now())
+    }
+
+    /// The UTC time of a monotonic instant.
+    pub fn utc_at(&self, at: Instant) -> DateTime<Utc> {
+        let elapsed = at.saturating_duration_since(self.origin);
+        // chrono::Duration covers ±292 million years; a runtime never gets there.
+        self.start_utc + chrono::Duration::from_std(elapsed).unwrap_or(chrono::Duration::MAX)
+    }
+
+    /// Sleeps for `duration` of this clock's time.
+    pub async fn sleep(&self, duration: Duration) {
+        tokio::time::sleep(duration).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn virtual_clock_follows_paused_tokio_time() {
+        let start = DateTime::parse_from_rfc3339("2026-03-29T00:30:00Z")
+            .map(|t| t.with_timezone(&Utc))
+            .expect("valid time");
+        let clock = Clock::virtual_from(start);
+        assert_eq!(clock.now(), start);
+        // A whole day passes instantly under paused time.
+        clock.sleep(Duration::from_secs(86_400)).await;
+        assert_eq!(clock.now(), start + chrono::Duration::days(1));
+        assert!(clock.is_virtual());
+    }
+
+    #[tokio::test]
+    async fn real_clock_tracks_wall_time() {
+        let clock = Clock::real();
+        let drift = (clock.now() - Utc::now()).num_milliseconds().abs();
+        assert!(drift < 1000, "drift {drift} ms");
+    }
+}

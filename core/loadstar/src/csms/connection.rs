@@ -1,0 +1,157 @@
+//! One task per station connection: socket ⇄ endpoint ⇄ handlers.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use futures_util::{SinkExt, StreamExt};
+use loadstar_ocpp::rpc::CallFailure;
+use loadstar_ocpp::{CallId, Endpoint, EndpointConfig, Event, OcppVersion, Role};
+use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, sleep_until};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tracing::{debug, info, warn};
+
+use super::handlers::Handlers;
+use super::{Admission, CallError, Command, Shared, peer_label, register, unregister};
+
+pub(super) async fn run<S>(
+    shared: Arc<Shared>,
+    ws: WebSocketStream<S>,
+    station_id: String,
+    version: OcppVersion,
+    admission: Admission,
+    peer: Option<SocketAddr>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (commands_tx, mut commands) = mpsc::channel(shared.config.command_queue);
+    let handle = register(&shared, &station_id, version, commands_tx);
+    let mut handlers = Handlers::new(shared.clone(), handle.clone(), admission);
+    handlers.connected();
+
+    let mut endpoint = Endpoint::new(
+        version,
+        Role::Csms,
+        EndpointConfig {
+            call_timeout: shared.config.call_timeout,
+            ..EndpointConfig::default()
+        },
+    );
+    let mut pending: HashMap<CallId, oneshot::Sender<Result<Value, CallError>>> = HashMap::new();
+    let (mut sink, mut stream) = ws.split();
+    let ping_every = shared.config.ping_interval;
+    let mut next_ping = Instant::now() + ping_every;
+    let mut last_heard = Instant::now();
+    let close_reason: &str;
+
+    loop {
+        let call_deadline = endpoint.poll_timeout().map(Instant::from_std);
+        tokio::select! {
+            message = stream.next() => match message {
+                Some(Ok(Message::Text(text))) => {
+                    last_heard = Instant::now();
+                    endpoint.handle_text(text.as_str());
+                }
+                Some(Ok(Message::Binary(_))) => {
+                    last_heard = Instant::now();
+                    endpoint.handle_binary();
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
+                    last_heard = Instant::now();
+                }
+                Some(Ok(Message::Close(_))) | None => {
+                    close_reason = "closed by station";
+                    break;
+                }
+                Some(Err(e)) => {
+                    warn!(station = %station_id, error = %e, "connection error");
+                    close_reason = "connection error";
+                    break;
+                }
+            },
+            command = commands.recv() => match command {
+                Some(Command::Call { action, payload, priority, reply }) => {
+                    match endpoint.call_raw(action, payload, priority) {
+                        Ok(call) => {
+                            pending.insert(call, reply);
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err(CallError::Local(e.to_string())));
+                        }
+                    }
+                }
+                Some(Command::Close) | None => {
+                    close_reason = "replaced by a newer connection";
+                    break;
+                }
+            },
+            () = sleep_until(call_deadline.unwrap_or_else(Instant::now)), if call_deadline.is_some() => {
+                endpoint.handle_timeout(Instant::now().into_std());
+            }
+            () = sleep_until(next_ping) => {
+                if last_heard.elapsed() > ping_every * 3 {
+                    close_reason = "station silent";
+                    break;
+                }
+                next_ping = Instant::now() + ping_every;
+                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                    close_reason = "send failed";
+                    break;
+                }
+            }
+        }
+
+        while let Some(event) = endpoint.poll_event() {
+            match event {
+                Event::Call(call) => handlers.handle(&mut endpoint, call),
+                Event::Response { call, result, .. } => {
+                    if let Some(reply) = pending.remove(&call) {
+                        let _ = reply.send(result.map_err(CallError::from));
+                    }
+                }
+                Event::Refused { action, violation } => {
+                    debug!(station = %station_id, ?action, code = %violation.code, reason = %violation.description, "refused a frame");
+                }
+            }
+        }
+        let mut sent_any = false;
+        let now = Instant::now().into_std();
+        let mut send_failed = false;
+        while let Some(text) = endpoint.poll_transmit(now) {
+            if sink.feed(Message::text(text)).await.is_err() {
+                send_failed = true;
+                break;
+            }
+            sent_any = true;
+        }
+        if sent_any && sink.flush().await.is_err() {
+            send_failed = true;
+        }
+        if send_failed {
+            close_reason = "send failed";
+            break;
+        }
+    }
+
+    endpoint.close();
+    while let Some(event) = endpoint.poll_event() {
+        if let Event::Response { call, result, .. } = event
+            && let Some(reply) = pending.remove(&call)
+        {
+            let _ = reply.send(result.map_err(CallError::from));
+        }
+    }
+    for (_, reply) in pending.drain() {
+        let _ = reply.send(Err(CallError::Failed(CallFailure::Closed)));
+    }
+    let _ = sink.close().await;
+    let still_current = unregister(&shared, &handle);
+    if still_current {
+        handlers.disconnected();
+    }
+    info!(station = %station_id, peer = %peer_label(peer), reason = close_reason, "station disconnected");
+}

@@ -1,0 +1,939 @@
+//! Handlers of station-initiated messages, for both versions. They update the site state and
+//! the store, and answer through the endpoint. They never block on the network; the store's
+//! flushes at session start and end are the only waits, by design (durability first).
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use loadstar_ocpp::rpc::IncomingCall;
+use loadstar_ocpp::{Endpoint, ErrorCode, OcppVersion, Request, Violation, v16, v201};
+use tracing::{debug, error, info, warn};
+
+use super::{Admission, Shared, StationHandle, setup};
+use crate::state::{ActiveSession, BootInfo, ChargingNeeds, Measurement, StationState};
+use crate::store::{MeterSample, SessionKey, SessionRecord, StationRecord};
+
+pub(super) struct Handlers {
+    shared: Arc<Shared>,
+    handle: StationHandle,
+    admission: Admission,
+    station_id: String,
+    version: OcppVersion,
+    setup_started: bool,
+}
+
+/// Decodes `call` as `T`, runs `f`, and sends its answer (or the CALLERROR it returns).
+fn answer<T: Request>(
+    endpoint: &mut Endpoint,
+    call: &IncomingCall,
+    f: impl FnOnce(T) -> Result<T::Response, Violation>,
+) {
+    let result = call.decode::<T>().and_then(f);
+    let sent = match result {
+        Ok(response) => endpoint.respond(&call.id, &response),
+        Err(violation) => endpoint.respond_error(&call.id, &violation),
+    };
+    if let Err(e) = sent {
+        error!(action = %call.action, error = %e, "could not answer a station call");
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> Violation {
+    Violation::new(ErrorCode::InternalError, e.to_string())
+}
+
+impl Handlers {
+    pub fn new(shared: Arc<Shared>, handle: StationHandle, admission: Admission) -> Self {
+        Handlers {
+            station_id: handle.station_id().to_owned(),
+            version: handle.version(),
+            shared,
+            handle,
+            admission,
+            setup_started: false,
+        }
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.shared.clock.now()
+    }
+
+    /// Runs `f` on this station's state.
+    fn with_station<R>(&self, f: impl FnOnce(&mut StationState) -> R) -> R {
+        let now = self.now();
+        let mut state = self.shared.state();
+        let station = state
+            .stations
+            .entry(self.station_id.clone())
+            .or_insert_with(|| {
+                StationState::new(
+                    &self.station_id,
+                    self.version,
+                    self.admission == Admission::Known,
+                    now,
+                )
+            });
+        station.last_seen = now;
+        f(station)
+    }
+
+    pub fn connected(&mut self) {
+        let now = self.now();
+        let known = self.admission == Admission::Known;
+        self.with_station(|s| {
+            s.connected = true;
+            s.version = self.version;
+            s.known = known;
+        });
+        let record = match self.shared.store.station(&self.station_id) {
+            Ok(Some(mut record)) => {
+                record.last_seen = Some(now);
+                record.ocpp_version = self.version.subprotocol().to_owned();
+                record
+            }
+            Ok(None) => StationRecord {
+                id: self.station_id.clone(),
+                ocpp_version: self.version.subprotocol().to_owned(),
+                vendor: None,
+                model: None,
+                serial: None,
+                firmware: None,
+                first_seen: now,
+                last_boot: None,
+                last_seen: Some(now),
+                capabilities: serde_json::Value::Null,
+                refused_settings: Vec::new(),
+                adopted: known,
+            },
+            Err(e) => {
+                error!(station = %self.station_id, error = %e, "store: cannot read station");
+                return;
+            }
+        };
+        if let Err(e) = self.shared.store.put_station(&record) {
+            error!(station = %self.station_id, error = %e, "store: cannot write station");
+        }
+        // Sessions that were open before a restart come back into the site state.
+        self.restore_open_sessions();
+    }
+
+    pub fn disconnected(&mut self) {
+        self.with_station(|s| s.connected = false);
+    }
+
+    fn restore_open_sessions(&self) {
+        let open = match self.shared.store.open_sessions() {
+            Ok(open) => open,
+            Err(e) => {
+                error!(error = %e, "store: cannot list open sessions");
+                return;
+            }
+        };
+        let mine: Vec<_> = open
+            .into_iter()
+            .filter(|s| s.station == self.station_id)
+            .collect();
+        if mine.is_empty() {
+            return;
+        }
+        self.with_station(|station| {
+            for record in mine {
+                let evse = station.evse(record.evse_id);
+                if evse.session.is_none() {
+                    evse.session = Some(ActiveSession {
+                        transaction_id: record.transaction_id,
+                        id_tag: record.id_tag,
+                        started_at: record.started_at,
+                        meter_start_wh: record.meter_start_wh,
+                        energy_wh: record.energy_wh,
+                        last_seq_no: record.last_seq_no,
+                        charging_state: None,
+                        needs: ChargingNeeds::default(),
+                        persisted_at: None,
+                    });
+                }
+            }
+        });
+    }
+
+    pub fn handle(&mut self, endpoint: &mut Endpoint, call: IncomingCall) {
+        debug!(station = %self.station_id, action = %call.action, "call from station");
+        match self.version {
+            OcppVersion::V16 => self.handle_v16(endpoint, &call),
+            OcppVersion::V201 => self.handle_v201(endpoint, &call),
+        }
+    }
+
+    fn start_setup(&mut self) {
+        if self.setup_started {
+            return;
+        }
+        self.setup_started = true;
+        let handle = self.handle.clone();
+        let shared = self.shared.clone();
+        let known = self.admission == Admission::Known;
+        tokio::spawn(async move { setup::run(shared, handle, known).await });
+    }
+
+    fn record_boot(&self, boot: BootInfo) {
+        let now = self.now();
+        info!(station = %self.station_id, vendor = %boot.vendor, model = %boot.model, firmware = ?boot.firmware, "boot");
+        self.with_station(|s| s.boot = Some(boot.clone()));
+        match self.shared.store.station(&self.station_id) {
+            Ok(Some(mut record)) => {
+                record.vendor = Some(boot.vendor);
+                record.model = Some(boot.model);
+                record.serial = boot.serial;
+                record.firmware = boot.firmware;
+                record.last_boot = Some(now);
+                if let Err(e) = self.shared.store.put_station(&record) {
+                    error!(station = %self.station_id, error = %e, "store: cannot write station");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => error!(station = %self.station_id, error = %e, "store: cannot read station"),
+        }
+    }
+
+    fn heartbeat_secs(&self) -> i32 {
+        i32::try_from(self.shared.config.heartbeat_interval.as_secs()).unwrap_or(i32::MAX)
+    }
+
+    // ---------------------------------------------------------------- sessions, both versions
+
+    fn start_session(&self, evse_id: u32, session: ActiveSession) -> Result<(), Violation> {
+        let record = SessionRecord {
+            station: self.station_id.clone(),
+            evse_id,
+            connector_id: evse_id,
+            transaction_id: session.transaction_id.clone(),
+            id_tag: session.id_tag.clone(),
+            started_at: session.started_at,
+            ended_at: None,
+            meter_start_wh: session.meter_start_wh,
+            meter_stop_wh: None,
+            energy_wh: session.energy_wh,
+            stop_reason: None,
+            last_seq_no: session.last_seq_no,
+            updated_at: self.now(),
+        };
+        // Durable before the station hears back: a crash after this loses no started session.
+        self.shared.store.start_session(&record).map_err(internal)?;
+        info!(station = %self.station_id, evse = evse_id, transaction = %session.transaction_id, "session started");
+        self.with_station(|s| s.evse(evse_id).session = Some(session));
+        Ok(())
+    }
+
+    /// Ends the session `transaction_id`, wherever it is (state, or only in the store after a
+    /// restart).
+    fn end_session(
+        &self,
+        transaction_id: &str,
+        ended_at: DateTime<Utc>,
+        meter_stop_wh: Option<f64>,
+        reason: Option<String>,
+    ) -> Result<(), Violation> {
+        let from_state = self.with_station(|s| {
+            s.evse_with_session(transaction_id)
+                .and_then(|(evse_id, evse)| evse.session.take().map(|session| (evse_id, session)))
+        });
+        let key = SessionKey {
+            station: self.station_id.clone(),
+            transaction_id: transaction_id.to_owned(),
+        };
+        let stored = self.shared.store.session(&key).map_err(internal)?;
+        let mut record = match (stored, from_state) {
+            (Some(mut record), live) => {
+                // The stored progress may lag the live session by up to a minute.
+                if let Some((_, session)) = live {
+                    record.energy_wh = session.energy_wh;
+                    record.last_seq_no = session.last_seq_no.or(record.last_seq_no);
+                }
+                record
+            }
+            (None, Some((evse_id, session))) => SessionRecord {
+                station: self.station_id.clone(),
+                evse_id,
+                connector_id: evse_id,
+                transaction_id: transaction_id.to_owned(),
+                id_tag: session.id_tag,
+                started_at: session.started_at,
+                ended_at: None,
+                meter_start_wh: session.meter_start_wh,
+                meter_stop_wh: None,
+                energy_wh: session.energy_wh,
+                stop_reason: None,
+                last_seq_no: session.last_seq_no,
+                updated_at: ended_at,
+            },
+            (None, None) => {
+                // A stop for a session we never saw start (e.g. started while offline and the
+                // Started event was lost). Record it so the energy is not lost.
+                warn!(station = %self.station_id, transaction = transaction_id, "end of an unknown session; recording it");
+                SessionRecord {
+                    station: self.station_id.clone(),
+                    evse_id: 0,
+                    connector_id: 0,
+                    transaction_id: transaction_id.to_owned(),
+                    id_tag: None,
+                    started_at: ended_at,
+                    ended_at: None,
+                    meter_start_wh: None,
+                    meter_stop_wh: None,
+                    energy_wh: 0.0,
+                    stop_reason: None,
+                    last_seq_no: None,
+                    updated_at: ended_at,
+                }
+            }
+        };
+        if record.ended_at.is_some() {
+            // A repeated stop (the station retried after a lost answer): already recorded.
+            return Ok(());
+        }
+        record.ended_at = Some(ended_at);
+        record.meter_stop_wh = meter_stop_wh;
+        if let (Some(start), Some(stop)) = (record.meter_start_wh, meter_stop_wh) {
+            record.energy_wh = (stop - start).max(0.0);
+        }
+        record.stop_reason = reason;
+        record.updated_at = self.now();
+        self.shared.store.end_session(&record).map_err(internal)?;
+        info!(station = %self.station_id, transaction = transaction_id, energy_wh = record.energy_wh, "session ended");
+        Ok(())
+    }
+
+    /// Applies measurements to the EVSE and its session, and stores the samples.
+    fn record_measurements(
+        &self,
+        evse_id: u32,
+        transaction_id: Option<&str>,
+        measurements: &[Measurement],
+    ) {
+        if measurements.is_empty() {
+            return;
+        }
+        let session_tx = self.with_station(|s| {
+            let evse = s.evse(evse_id);
+            for m in measurements {
+                evse.measurement.merge(m);
+            }
+            let energy = evse.measurement.energy_wh;
+            let session = evse.session.as_mut()?;
+            if let (Some(energy), Some(start)) = (energy, session.meter_start_wh) {
+                session.energy_wh = (energy - start).max(0.0);
+            }
+            Some(session.transaction_id.clone())
+        });
+        let tx = transaction_id.map(str::to_owned).or(session_tx.clone());
+        let samples: Vec<MeterSample> = measurements
+            .iter()
+            .filter(|m| !m.is_empty())
+            .map(|m| MeterSample {
+                station: self.station_id.clone(),
+                evse_id,
+                at: m.at.unwrap_or_else(|| self.now()),
+                energy_wh: m.energy_wh,
+                power_w: m.power_w,
+                current_a: m.current_a,
+                voltage_v: m.voltage_v,
+                offered_a: m.offered_a,
+                transaction_id: tx.clone(),
+            })
+            .collect();
+        if let Err(e) = self.shared.store.append_samples(&samples) {
+            error!(station = %self.station_id, error = %e, "store: cannot append meter samples");
+        }
+        if let Some(tx) = session_tx {
+            self.persist_progress(&tx, false);
+        }
+    }
+
+    /// Writes a session's progress (energy, seqNo) to the store, at most once a minute unless
+    /// `force`d: the samples already hold the detail, and a read-modify-write per MeterValues
+    /// would dominate the CSMS's cost at scale.
+    fn persist_progress(&self, transaction_id: &str, force: bool) {
+        let now = self.now();
+        let due = self.with_station(|s| {
+            let (_, evse) = s.evse_with_session(transaction_id)?;
+            let session = evse.session.as_mut()?;
+            let due = force
+                || session
+                    .persisted_at
+                    .is_none_or(|at| now - at >= chrono::Duration::seconds(60));
+            if !due {
+                return None;
+            }
+            session.persisted_at = Some(now);
+            Some((session.energy_wh, session.last_seq_no))
+        });
+        if let Some((energy_wh, last_seq_no)) = due {
+            self.update_stored_session(transaction_id, |r| {
+                r.energy_wh = energy_wh;
+                r.last_seq_no = last_seq_no.or(r.last_seq_no);
+            });
+        }
+    }
+
+    fn update_stored_session(&self, transaction_id: &str, f: impl FnOnce(&mut SessionRecord)) {
+        let key = SessionKey {
+            station: self.station_id.clone(),
+            transaction_id: transaction_id.to_owned(),
+        };
+        match self.shared.store.session(&key) {
+            Ok(Some(mut record)) if record.ended_at.is_none() => {
+                f(&mut record);
+                record.updated_at = self.now();
+                if let Err(e) = self.shared.store.update_session(&record) {
+                    error!(station = %self.station_id, error = %e, "store: cannot update session");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => error!(station = %self.station_id, error = %e, "store: cannot read session"),
+        }
+    }
+
+    // ------------------------------------------------------------------------------ OCPP 1.6
+
+    fn handle_v16(&mut self, ep: &mut Endpoint, call: &IncomingCall) {
+        use v16::*;
+        let now = self.now();
+        match call.action.as_str() {
+            "BootNotification" => {
+                answer::<BootNotificationRequest>(ep, call, |req| {
+                    self.record_boot(BootInfo {
+                        vendor: req.charge_point_vendor,
+                        model: req.charge_point_model,
+                        serial: req
+                            .charge_point_serial_number
+                            .or(req.charge_box_serial_number),
+                        firmware: req.firmware_version,
+                        reason: None,
+                    });
+                    Ok(BootNotificationResponse {
+                        status: RegistrationStatus::Accepted,
+                        current_time: now,
+                        interval: self.heartbeat_secs(),
+                    })
+                });
+                self.start_setup();
+            }
+            "Heartbeat" => answer::<HeartbeatRequest>(ep, call, |_| {
+                self.with_station(|_| ());
+                Ok(HeartbeatResponse { current_time: now })
+            }),
+            "StatusNotification" => answer::<StatusNotificationRequest>(ep, call, |req| {
+                let connector = u32::try_from(req.connector_id).unwrap_or(0);
+                let status = wire(&req.status);
+                let error_code = wire(&req.error_code);
+                self.with_station(|s| {
+                    let evse = s.evse(connector);
+                    evse.connectors.insert(connector, status);
+                    evse.error_code = (error_code != "NoError").then_some(error_code);
+                });
+                Ok(StatusNotificationResponse {})
+            }),
+            "Authorize" => answer::<AuthorizeRequest>(ep, call, |req| {
+                Ok(AuthorizeResponse {
+                    id_tag_info: self.id_tag_info_v16(&req.id_tag),
+                })
+            }),
+            "StartTransaction" => answer::<StartTransactionRequest>(ep, call, |req| {
+                let id_tag_info = self.id_tag_info_v16(&req.id_tag);
+                let transaction_id = self.shared.store.next_transaction_id().map_err(internal)?;
+                let evse_id = u32::try_from(req.connector_id).unwrap_or(0);
+                let meter_start = req.meter_start as f64;
+                self.start_session(
+                    evse_id,
+                    ActiveSession {
+                        transaction_id: transaction_id.to_string(),
+                        id_tag: Some(req.id_tag),
+                        started_at: req.timestamp,
+                        meter_start_wh: Some(meter_start),
+                        energy_wh: 0.0,
+                        last_seq_no: None,
+                        charging_state: None,
+                        needs: ChargingNeeds::default(),
+                        persisted_at: None,
+                    },
+                )?;
+                Ok(StartTransactionResponse {
+                    id_tag_info,
+                    transaction_id,
+                })
+            }),
+            "StopTransaction" => answer::<StopTransactionRequest>(ep, call, |req| {
+                let tx = req.transaction_id.to_string();
+                if let Some(data) = &req.transaction_data {
+                    let evse_id = self
+                        .with_station(|s| s.evse_with_session(&tx).map(|(id, _)| id))
+                        .unwrap_or(0);
+                    let ms: Vec<_> = data.iter().map(measurement_v16).collect();
+                    self.record_measurements(evse_id, Some(&tx), &ms);
+                }
+                self.end_session(
+                    &tx,
+                    req.timestamp,
+                    Some(req.meter_stop as f64),
+                    req.reason.as_ref().map(wire),
+                )?;
+                Ok(StopTransactionResponse {
+                    id_tag_info: req.id_tag.as_deref().map(|t| self.id_tag_info_v16(t)),
+                })
+            }),
+            "MeterValues" => answer::<MeterValuesRequest>(ep, call, |req| {
+                let evse_id = u32::try_from(req.connector_id).unwrap_or(0);
+                let ms: Vec<_> = req.meter_value.iter().map(measurement_v16).collect();
+                let tx = req.transaction_id.map(|t| t.to_string());
+                self.record_measurements(evse_id, tx.as_deref(), &ms);
+                Ok(MeterValuesResponse {})
+            }),
+            "DataTransfer" => answer::<DataTransferRequest>(ep, call, |req| {
+                debug!(station = %self.station_id, vendor = %req.vendor_id, "DataTransfer from an unknown vendor");
+                Ok(DataTransferResponse {
+                    status: DataTransferStatus::UnknownVendorId,
+                    data: None,
+                })
+            }),
+            "DiagnosticsStatusNotification" => {
+                answer::<DiagnosticsStatusNotificationRequest>(ep, call, |req| {
+                    let status = wire(&req.status);
+                    self.with_station(|s| s.diagnostics_status = Some(status));
+                    Ok(DiagnosticsStatusNotificationResponse {})
+                })
+            }
+            "FirmwareStatusNotification" => {
+                answer::<FirmwareStatusNotificationRequest>(ep, call, |req| {
+                    let status = wire(&req.status);
+                    self.with_station(|s| s.firmware_status = Some(status));
+                    Ok(FirmwareStatusNotificationResponse {})
+                })
+            }
+            other => self.not_supported(ep, call, other),
+        }
+    }
+
+    fn id_tag_info_v16(&self, id_tag: &str) -> v16::IdTagInfo {
+        let accepted = self.shared.config.authorization.accepts(id_tag);
+        v16::IdTagInfo {
+            expiry_date: None,
+            parent_id_tag: None,
+            status: if accepted {
+                v16::AuthorizationStatus::Accepted
+            } else {
+                v16::AuthorizationStatus::Invalid
+            },
+        }
+    }
+
+    fn not_supported(&self, ep: &mut Endpoint, call: &IncomingCall, action: &str) {
+        let violation = Violation::new(
+            ErrorCode::NotSupported,
+            format!("{action} is not supported by this CSMS"),
+        );
+        if let Err(e) = ep.respond_error(&call.id, &violation) {
+            error!(error = %e, "could not answer a station call");
+        }
+    }
+
+    // ---------------------------------------------------------------------------- OCPP 2.0.1
+
+    fn handle_v201(&mut self, ep: &mut Endpoint, call: &IncomingCall) {
+        use v201::*;
+        let now = self.now();
+        match call.action.as_str() {
+            "BootNotification" => {
+                answer::<BootNotificationRequest>(ep, call, |req| {
+                    self.record_boot(BootInfo {
+                        vendor: req.charging_station.vendor_name,
+                        model: req.charging_station.model,
+                        serial: req.charging_station.serial_number,
+                        firmware: req.charging_station.firmware_version,
+                        reason: Some(wire(&req.reason)),
+                    });
+                    Ok(BootNotificationResponse {
+                        current_time: now,
+                        interval: self.heartbeat_secs(),
+                        status: RegistrationStatusEnum::Accepted,
+                        ..Default::default()
+                    })
+                });
+                self.start_setup();
+            }
+            "Heartbeat" => answer::<HeartbeatRequest>(ep, call, |_| {
+                self.with_station(|_| ());
+                Ok(HeartbeatResponse {
+                    current_time: now,
+                    ..Default::default()
+                })
+            }),
+            "StatusNotification" => answer::<StatusNotificationRequest>(ep, call, |req| {
+                let evse_id = u32::try_from(req.evse_id).unwrap_or(0);
+                let connector = u32::try_from(req.connector_id).unwrap_or(0);
+                let status = wire(&req.connector_status);
+                self.with_station(|s| {
+                    s.evse(evse_id).connectors.insert(connector, status);
+                });
+                Ok(StatusNotificationResponse::default())
+            }),
+            "Authorize" => answer::<AuthorizeRequest>(ep, call, |req| {
+                Ok(AuthorizeResponse {
+                    id_token_info: self.id_token_info(&req.id_token.id_token),
+                    ..Default::default()
+                })
+            }),
+            "TransactionEvent" => {
+                answer::<TransactionEventRequest>(ep, call, |req| self.transaction_event(req))
+            }
+            "MeterValues" => answer::<MeterValuesRequest>(ep, call, |req| {
+                let evse_id = u32::try_from(req.evse_id).unwrap_or(0);
+                let ms: Vec<_> = req.meter_value.iter().map(measurement_v201).collect();
+                self.record_measurements(evse_id, None, &ms);
+                Ok(MeterValuesResponse::default())
+            }),
+            "NotifyEVChargingNeeds" => answer::<NotifyEVChargingNeedsRequest>(ep, call, |req| {
+                let evse_id = u32::try_from(req.evse_id).unwrap_or(0);
+                let needs = &req.charging_needs;
+                let ac = needs.ac_charging_parameters.as_ref();
+                let update = crate::state::ChargingNeeds {
+                    departure: needs.departure_time,
+                    energy_wh: ac.map(|p| f64::from(p.energy_amount)),
+                    ev_min_current_a: ac.map(|p| f64::from(p.ev_min_current)),
+                    ev_max_current_a: ac.map(|p| f64::from(p.ev_max_current)),
+                };
+                let known = self.with_station(|s| match s.evse(evse_id).session.as_mut() {
+                    Some(session) => {
+                        session.needs = update;
+                        true
+                    }
+                    None => false,
+                });
+                info!(station = %self.station_id, evse = evse_id, known_session = known, "EV charging needs");
+                Ok(NotifyEVChargingNeedsResponse {
+                    status: if known {
+                        NotifyEVChargingNeedsStatusEnum::Accepted
+                    } else {
+                        NotifyEVChargingNeedsStatusEnum::Rejected
+                    },
+                    ..Default::default()
+                })
+            }),
+            "NotifyChargingLimit" => answer::<NotifyChargingLimitRequest>(ep, call, |req| {
+                let source = wire(&req.charging_limit.charging_limit_source);
+                let evse_id = req.evse_id.and_then(|e| u32::try_from(e).ok()).unwrap_or(0);
+                warn!(station = %self.station_id, evse = evse_id, %source, "station reports an external charging limit");
+                self.with_station(|s| s.evse(evse_id).external_limit = Some(source));
+                Ok(NotifyChargingLimitResponse::default())
+            }),
+            "NotifyReport" => answer::<NotifyReportRequest>(ep, call, |req| {
+                let entries: Vec<(String, String)> = req
+                    .report_data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .flat_map(|d| {
+                        let key = format!("{}.{}", d.component.name, d.variable.name);
+                        d.variable_attribute
+                            .into_iter()
+                            .filter(|a| a.kind.is_none() || a.kind == Some(AttributeEnum::Actual))
+                            .filter_map(move |a| a.value.map(|v| (key.clone(), v)))
+                    })
+                    .collect();
+                self.with_station(|s| {
+                    for (key, value) in entries {
+                        setup::apply_capability(&mut s.capabilities, &key, &value);
+                    }
+                });
+                Ok(NotifyReportResponse::default())
+            }),
+            "ReportChargingProfiles" => answer::<ReportChargingProfilesRequest>(ep, call, |req| {
+                debug!(station = %self.station_id, evse = req.evse_id, profiles = req.charging_profile.len(), "charging profiles reported");
+                Ok(ReportChargingProfilesResponse::default())
+            }),
+            "SecurityEventNotification" => {
+                answer::<SecurityEventNotificationRequest>(ep, call, |req| {
+                    warn!(station = %self.station_id, event = %req.kind, info = ?req.tech_info, "security event");
+                    Ok(SecurityEventNotificationResponse::default())
+                })
+            }
+            "FirmwareStatusNotification" => {
+                answer::<FirmwareStatusNotificationRequest>(ep, call, |req| {
+                    let status = wire(&req.status);
+                    self.with_station(|s| s.firmware_status = Some(status));
+                    Ok(FirmwareStatusNotificationResponse::default())
+                })
+            }
+            "LogStatusNotification" => answer::<LogStatusNotificationRequest>(ep, call, |req| {
+                let status = wire(&req.status);
+                self.with_station(|s| s.diagnostics_status = Some(status));
+                Ok(LogStatusNotificationResponse::default())
+            }),
+            "DataTransfer" => answer::<DataTransferRequest>(ep, call, |_| {
+                Ok(DataTransferResponse {
+                    status: DataTransferStatusEnum::UnknownVendorId,
+                    ..Default::default()
+                })
+            }),
+            other => self.not_supported(ep, call, other),
+        }
+    }
+
+    fn id_token_info(&self, token: &str) -> v201::IdTokenInfo {
+        let accepted = self.shared.config.authorization.accepts(token);
+        v201::IdTokenInfo {
+            status: if accepted {
+                v201::AuthorizationStatusEnum::Accepted
+            } else {
+                v201::AuthorizationStatusEnum::Invalid
+            },
+            ..Default::default()
+        }
+    }
+
+    fn transaction_event(
+        &self,
+        req: v201::TransactionEventRequest,
+    ) -> Result<v201::TransactionEventResponse, Violation> {
+        use v201::TransactionEventEnum as Kind;
+        let tx = req.transaction_info.transaction_id.clone();
+        let seq_no = i64::from(req.seq_no);
+        let evse_id = req
+            .evse
+            .as_ref()
+            .and_then(|e| u32::try_from(e.id).ok())
+            .or_else(|| self.with_station(|s| s.evse_with_session(&tx).map(|(id, _)| id)))
+            .unwrap_or(0);
+        let id_token_info = req
+            .id_token
+            .as_ref()
+            .map(|t| self.id_token_info(&t.id_token));
+        let measurements: Vec<_> = req
+            .meter_value
+            .iter()
+            .flatten()
+            .map(measurement_v201)
+            .collect();
+        let charging_state = req.transaction_info.charging_state.as_ref().map(wire);
+
+        // seqNo: a repeated or older event (a retry after a lost answer) is acknowledged but not
+        // applied twice.
+        let last_seq = self.with_station(|s| {
+            s.evse_with_session(&tx)
+                .and_then(|(_, e)| e.session.as_ref().and_then(|s| s.last_seq_no))
+        });
+        if last_seq.is_some_and(|last| seq_no <= last) {
+            debug!(station = %self.station_id, transaction = %tx, seq_no, "duplicate TransactionEvent ignored");
+            return Ok(v201::TransactionEventResponse {
+                id_token_info,
+                ..Default::default()
+            });
+        }
+
+        let known = self.with_station(|s| s.evse_with_session(&tx).is_some());
+        if !known && req.event_type != Kind::Ended {
+            let meter_start = measurements.iter().find_map(|m| m.energy_wh);
+            self.start_session(
+                evse_id,
+                ActiveSession {
+                    transaction_id: tx.clone(),
+                    id_tag: req.id_token.as_ref().map(|t| t.id_token.clone()),
+                    started_at: req.timestamp,
+                    meter_start_wh: meter_start,
+                    energy_wh: 0.0,
+                    last_seq_no: Some(seq_no),
+                    charging_state: charging_state.clone(),
+                    needs: ChargingNeeds::default(),
+                    persisted_at: None,
+                },
+            )?;
+        }
+        self.record_measurements(evse_id, Some(&tx), &measurements);
+        self.with_station(|s| {
+            if let Some((_, evse)) = s.evse_with_session(&tx)
+                && let Some(session) = evse.session.as_mut()
+            {
+                session.last_seq_no = Some(seq_no);
+                if charging_state.is_some() {
+                    session.charging_state = charging_state.clone();
+                }
+                if session.id_tag.is_none() {
+                    session.id_tag = req.id_token.as_ref().map(|t| t.id_token.clone());
+                }
+            }
+        });
+        self.persist_progress(&tx, false);
+        if req.event_type == Kind::Ended {
+            let meter_stop = measurements.iter().rev().find_map(|m| m.energy_wh);
+            self.end_session(
+                &tx,
+                req.timestamp,
+                meter_stop,
+                req.transaction_info.stopped_reason.as_ref().map(wire),
+            )?;
+        }
+        Ok(v201::TransactionEventResponse {
+            id_token_info,
+            ..Default::default()
+        })
+    }
+}
+
+/// The wire spelling of a generated enum value.
+fn wire<T: serde::Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => String::new(),
+    }
+}
+
+/// Folds one sampled value into a measurement. `unit` and `multiplier` are as reported;
+/// values are converted to Wh, W, A, V.
+fn apply_sample(
+    m: &mut Measurement,
+    phase_power: &mut [Option<f64>; 3],
+    measurand: &str,
+    phase: Option<&str>,
+    unit: Option<&str>,
+    value: f64,
+) {
+    if !value.is_finite() {
+        return;
+    }
+    let scale = match unit {
+        Some("kWh" | "kW" | "kvar" | "kvarh" | "kVA") => 1000.0,
+        _ => 1.0,
+    };
+    let value = value * scale;
+    let line = phase.and_then(|p| match p {
+        "L1" | "L1-N" | "L1-L2" => Some(0),
+        "L2" | "L2-N" | "L2-L3" => Some(1),
+        "L3" | "L3-N" | "L3-L1" => Some(2),
+        _ => None,
+    });
+    match measurand {
+        // A per-phase energy register is not the EVSE's total.
+        "Energy.Active.Import.Register" if phase.is_none() => m.energy_wh = Some(value),
+        "Power.Active.Import" => match line {
+            Some(i) => phase_power[i] = Some(phase_power[i].unwrap_or(0.0) + value),
+            None => m.power_w = Some(value),
+        },
+        "Current.Import" => {
+            // Unsigned or not, import current is a magnitude here.
+            m.current_a[line.unwrap_or(0)] = Some(value.abs());
+        }
+        "Current.Offered" => m.offered_a = Some(value),
+        "Voltage" => m.voltage_v[line.unwrap_or(0)] = Some(value),
+        "SoC" => m.soc_percent = Some(value),
+        _ => {}
+    }
+}
+
+fn finish(mut m: Measurement, phase_power: [Option<f64>; 3]) -> Measurement {
+    if m.power_w.is_none() && phase_power.iter().any(Option::is_some) {
+        m.power_w = Some(phase_power.iter().flatten().sum());
+    }
+    m
+}
+
+const DEFAULT_MEASURAND: &str = "Energy.Active.Import.Register";
+
+fn measurement_v16(mv: &v16::MeterValue) -> Measurement {
+    let mut m = Measurement {
+        at: Some(mv.timestamp),
+        ..Measurement::default()
+    };
+    let mut phase_power = [None; 3];
+    for sv in &mv.sampled_value {
+        // Signed data (format SignedData) is not a number.
+        let Ok(value) = sv.value.trim().parse::<f64>() else {
+            continue;
+        };
+        let measurand = sv.measurand.as_ref().map(wire);
+        let phase = sv.phase.as_ref().map(wire);
+        let unit = sv.unit.as_ref().map(wire);
+        apply_sample(
+            &mut m,
+            &mut phase_power,
+            measurand.as_deref().unwrap_or(DEFAULT_MEASURAND),
+            phase.as_deref(),
+            unit.as_deref(),
+            value,
+        );
+    }
+    finish(m, phase_power)
+}
+
+fn measurement_v201(mv: &v201::MeterValue) -> Measurement {
+    let mut m = Measurement {
+        at: Some(mv.timestamp),
+        ..Measurement::default()
+    };
+    let mut phase_power = [None; 3];
+    for sv in &mv.sampled_value {
+        let measurand = sv.measurand.as_ref().map(wire);
+        let phase = sv.phase.as_ref().map(wire);
+        let unit = sv.unit_of_measure.as_ref().and_then(|u| u.unit.clone());
+        let multiplier = sv
+            .unit_of_measure
+            .as_ref()
+            .and_then(|u| u.multiplier)
+            .unwrap_or(0);
+        let value = sv.value * 10f64.powi(multiplier);
+        apply_sample(
+            &mut m,
+            &mut phase_power,
+            measurand.as_deref().unwrap_or(DEFAULT_MEASURAND),
+            phase.as_deref(),
+            unit.as_deref(),
+            value,
+        );
+    }
+    finish(m, phase_power)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn three_phase_meter_values_in_both_versions() {
+        let mv16: v16::MeterValue = serde_json::from_value(json!({
+            "timestamp": "2026-11-25T10:00:00Z",
+            "sampledValue": [
+                {"value": "12.5", "measurand": "Energy.Active.Import.Register", "unit": "kWh"},
+                {"value": "16.1", "measurand": "Current.Import", "phase": "L1", "unit": "A"},
+                {"value": "15.9", "measurand": "Current.Import", "phase": "L2", "unit": "A"},
+                {"value": "-16.0", "measurand": "Current.Import", "phase": "L3", "unit": "A"},
+                {"value": "32", "measurand": "Current.Offered", "unit": "A"},
+                {"value": "3.7", "measurand": "Power.Active.Import", "phase": "L1", "unit": "kW"},
+                {"value": "3700", "measurand": "Power.Active.Import", "phase": "L2", "unit": "W"},
+                {"value": "230.5", "measurand": "Voltage", "phase": "L3-N", "unit": "V"}
+            ]
+        }))
+        .expect("valid 1.6 meter value");
+        let m = measurement_v16(&mv16);
+        assert_eq!(m.energy_wh, Some(12_500.0));
+        assert_eq!(m.current_a, [Some(16.1), Some(15.9), Some(16.0)]);
+        assert_eq!(m.offered_a, Some(32.0));
+        assert_eq!(m.power_w, Some(7_400.0));
+        assert_eq!(m.voltage_v, [None, None, Some(230.5)]);
+
+        let mv201: v201::MeterValue = serde_json::from_value(json!({
+            "timestamp": "2026-11-25T10:00:00Z",
+            "sampledValue": [
+                {"value": 12.5, "unitOfMeasure": {"unit": "kWh"}},
+                {"value": 11.0, "measurand": "Power.Active.Import", "unitOfMeasure": {"unit": "W", "multiplier": 3}},
+                {"value": 16.0, "measurand": "Current.Import", "phase": "L2"}
+            ]
+        }))
+        .expect("valid 2.0.1 meter value");
+        let m = measurement_v201(&mv201);
+        assert_eq!(
+            m.energy_wh,
+            Some(12_500.0),
+            "default measurand is the energy register"
+        );
+        assert_eq!(m.power_w, Some(11_000.0));
+        assert_eq!(m.current_a, [None, Some(16.0), None]);
+    }
+}

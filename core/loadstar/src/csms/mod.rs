@@ -1,0 +1,339 @@
+//! The CSMS shell: accepts stations' WebSockets and moves frames between each socket and its
+//! sans-IO [`loadstar_ocpp::Endpoint`].
+//!
+//! Invariants:
+//! - one task per connection; every queue is bounded;
+//! - protocol decisions live in `loadstar-ocpp`; this module only does IO, auth and dispatch to
+//!   the handlers, which update [`crate::state`] and [`crate::store`];
+//! - a connection that dies leaves consistent state: its pending calls fail with `Closed`, the
+//!   station is marked disconnected, sessions stay open until the station ends them;
+//! - a second connection with the same station id replaces the first only after it has
+//!   authenticated.
+
+mod connection;
+mod handlers;
+mod handshake;
+pub mod setup;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use loadstar_ocpp::rpc::CallFailure;
+use loadstar_ocpp::{OcppVersion, Priority, Request};
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+use crate::clock::Clock;
+use crate::state::SiteState;
+use crate::store::Store;
+
+/// How the CSMS behaves; built from the site file.
+#[derive(Debug, Clone)]
+pub struct CsmsConfig {
+    /// Heartbeat interval given to stations in the BootNotification answer.
+    pub heartbeat_interval: Duration,
+    /// Largest WebSocket message accepted.
+    pub max_frame_bytes: usize,
+    /// How long to wait for a station to answer one of our calls.
+    pub call_timeout: Duration,
+    /// The MeterValues sample interval configured at boot.
+    pub meter_interval: Duration,
+    /// How often we ping each station; a station silent for 3 intervals is dropped.
+    pub ping_interval: Duration,
+    /// How id tags are authorized.
+    pub authorization: Authorization,
+    /// Capacity of each connection's command queue.
+    pub command_queue: usize,
+    /// The current (A per phase) stations unknown to the site file are held at until adopted.
+    pub unknown_station_current_a: f64,
+}
+
+impl Default for CsmsConfig {
+    fn default() -> Self {
+        CsmsConfig {
+            heartbeat_interval: Duration::from_secs(300),
+            max_frame_bytes: 1 << 20,
+            call_timeout: Duration::from_secs(30),
+            meter_interval: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(60),
+            authorization: Authorization::AcceptAll,
+            command_queue: 64,
+            unknown_station_current_a: 0.0,
+        }
+    }
+}
+
+/// How id tags (RFID cards, app tokens) are authorized.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Authorization {
+    /// Every tag is accepted (free car parks).
+    AcceptAll,
+    /// Only tags on the list are accepted.
+    LocalList(HashSet<String>),
+}
+
+impl Authorization {
+    pub fn accepts(&self, id_tag: &str) -> bool {
+        match self {
+            Authorization::AcceptAll => true,
+            Authorization::LocalList(tags) => tags.contains(id_tag),
+        }
+    }
+}
+
+/// The answer of the station directory to a connecting station.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// A station of the site file with the right credentials.
+    Known,
+    /// Not in the site file, but the site admits unknown stations (held at a safe current).
+    Unknown,
+    /// Refused: unknown station and the site does not admit unknown stations.
+    NotFound,
+    /// Credentials missing or wrong.
+    Unauthorized,
+}
+
+/// Decides who may connect. Implemented by the site configuration.
+pub trait StationDirectory: Send + Sync + 'static {
+    /// `password` is the Basic-auth password, if the station sent one.
+    fn admit(&self, station_id: &str, password: Option<&str>) -> Admission;
+}
+
+/// Why a typed call to a station failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CallError {
+    #[error("station {0} is not connected")]
+    NotConnected(String),
+    #[error("station {station} speaks {actual}, not {expected}")]
+    WrongVersion {
+        station: String,
+        expected: OcppVersion,
+        actual: OcppVersion,
+    },
+    #[error("call refused locally: {0}")]
+    Local(String),
+    #[error(transparent)]
+    Failed(#[from] CallFailure),
+    #[error("cannot decode the station's answer: {0}")]
+    Decode(String),
+}
+
+pub(crate) enum Command {
+    Call {
+        action: &'static str,
+        payload: Value,
+        priority: Priority,
+        reply: oneshot::Sender<Result<Value, CallError>>,
+    },
+    /// Replaced by a newer connection, or shutting down.
+    Close,
+}
+
+/// A handle to one connected station: make typed calls and await their result.
+#[derive(Clone, Debug)]
+pub struct StationHandle {
+    station_id: Arc<str>,
+    version: OcppVersion,
+    generation: u64,
+    commands: mpsc::Sender<Command>,
+}
+
+impl StationHandle {
+    pub fn station_id(&self) -> &str {
+        &self.station_id
+    }
+
+    pub fn version(&self) -> OcppVersion {
+        self.version
+    }
+
+    /// Sends a typed CALL and awaits the typed answer. The connection's endpoint validates the
+    /// payload, queues it by priority and applies the call timeout.
+    pub async fn call<T: Request>(
+        &self,
+        request: &T,
+        priority: Priority,
+    ) -> Result<T::Response, CallError> {
+        if T::VERSION != self.version {
+            return Err(CallError::WrongVersion {
+                station: self.station_id.to_string(),
+                expected: T::VERSION,
+                actual: self.version,
+            });
+        }
+        let payload = serde_json::to_value(request).map_err(|e| CallError::Local(e.to_string()))?;
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Call {
+                action: T::ACTION,
+                payload,
+                priority,
+                reply,
+            })
+            .await
+            .map_err(|_| CallError::NotConnected(self.station_id.to_string()))?;
+        let value = answer
+            .await
+            .map_err(|_| CallError::NotConnected(self.station_id.to_string()))??;
+        serde_json::from_value(value).map_err(|e| CallError::Decode(e.to_string()))
+    }
+}
+
+pub(crate) struct Shared {
+    pub config: CsmsConfig,
+    pub directory: Arc<dyn StationDirectory>,
+    pub state: Arc<Mutex<SiteState>>,
+    pub store: Arc<dyn Store>,
+    pub clock: Clock,
+    registry: Mutex<HashMap<String, StationHandle>>,
+    generations: AtomicU64,
+}
+
+impl Shared {
+    pub fn state(&self) -> MutexGuard<'_, SiteState> {
+        // A panic while holding the lock would be a bug; the state itself stays usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn registry(&self) -> MutexGuard<'_, HashMap<String, StationHandle>> {
+        self.registry.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The CSMS: one per site. Cheap to clone.
+#[derive(Clone)]
+pub struct Csms {
+    shared: Arc<Shared>,
+}
+
+impl Csms {
+    pub fn new(
+        config: CsmsConfig,
+        directory: Arc<dyn StationDirectory>,
+        state: Arc<Mutex<SiteState>>,
+        store: Arc<dyn Store>,
+        clock: Clock,
+    ) -> Self {
+        // Build every schema validator now, so the first station does not pay for it.
+        loadstar_ocpp::schema::warm_up(OcppVersion::V16);
+        loadstar_ocpp::schema::warm_up(OcppVersion::V201);
+        Csms {
+            shared: Arc::new(Shared {
+                config,
+                directory,
+                state,
+                store,
+                clock,
+                registry: Mutex::new(HashMap::new()),
+                generations: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// The handle of a connected station.
+    pub fn station(&self, station_id: &str) -> Option<StationHandle> {
+        self.shared.registry().get(station_id).cloned()
+    }
+
+    /// Ids of the connected stations.
+    pub fn connected(&self) -> Vec<String> {
+        self.shared.registry().keys().cloned().collect()
+    }
+
+    pub fn state(&self) -> Arc<Mutex<SiteState>> {
+        self.shared.state.clone()
+    }
+
+    /// Accepts stations on `listener` until the task is dropped.
+    pub async fn serve(self, listener: TcpListener) {
+        if let Ok(addr) = listener.local_addr() {
+            info!(%addr, "OCPP listener ready at ws://{addr}/ocpp/{{stationId}}");
+        }
+        loop {
+            match listener.accept().await {
+                Ok((tcp, peer)) => {
+                    let _ = tcp.set_nodelay(true);
+                    let shared = self.shared.clone();
+                    tokio::spawn(async move { handshake::accept(shared, tcp, peer).await });
+                }
+                Err(e) => {
+                    // E.g. out of file descriptors: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    /// Serves an already-upgraded stream (for simulations over in-memory pipes). `station_id`
+    /// and `version` are what the handshake would have negotiated.
+    pub async fn serve_stream<S>(
+        &self,
+        stream: tokio_tungstenite::WebSocketStream<S>,
+        station_id: String,
+        version: OcppVersion,
+        admission: Admission,
+    ) where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        connection::run(
+            self.shared.clone(),
+            stream,
+            station_id,
+            version,
+            admission,
+            None,
+        )
+        .await;
+    }
+}
+
+/// Registers a newly authenticated connection, replacing (and closing) an older one.
+pub(crate) fn register(
+    shared: &Shared,
+    station_id: &str,
+    version: OcppVersion,
+    commands: mpsc::Sender<Command>,
+) -> StationHandle {
+    let handle = StationHandle {
+        station_id: Arc::from(station_id),
+        version,
+        generation: shared.generations.fetch_add(1, Ordering::Relaxed),
+        commands,
+    };
+    let old = shared
+        .registry()
+        .insert(station_id.to_owned(), handle.clone());
+    if let Some(old) = old {
+        info!(
+            station = station_id,
+            "new connection replaces the previous one"
+        );
+        // The old task may be gone already; either way it no longer owns the id.
+        let _ = old.commands.try_send(Command::Close);
+    }
+    handle
+}
+
+/// Removes the registration if it still belongs to this connection. Returns whether it did
+/// (false when a newer connection took over).
+pub(crate) fn unregister(shared: &Shared, handle: &StationHandle) -> bool {
+    let mut registry = shared.registry();
+    match registry.get(handle.station_id()) {
+        Some(current) if current.generation == handle.generation => {
+            registry.remove(handle.station_id());
+            true
+        }
+        _ => false,
+    }
+}
+
+pub(crate) fn peer_label(peer: Option<SocketAddr>) -> String {
+    peer.map_or_else(|| "in-memory".to_owned(), |p| p.to_string())
+}

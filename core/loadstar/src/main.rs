@@ -1,0 +1,218 @@
+//! The `loadstar` binary: `run`, `check-config` and `demo`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use loadstar::clock::Clock;
+use loadstar::demo::{self, DemoOptions};
+use loadstar::runtime::{Overrides, Server};
+use loadstar::site::{LogFormat, SiteConfig};
+use tracing::{info, warn};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "loadstar",
+    version,
+    about = "On-site smart-charging energy manager and OCPP CSMS"
+)]
+struct Cli {
+    /// Log format (overrides the site file's [logging] format).
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<CliLogFormat>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum CliLogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the controller for a site.
+    Run {
+        /// The site file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// OCPP WebSocket listener (overrides [csms] listen).
+        #[arg(long)]
+        ocpp_listen: Option<SocketAddr>,
+        /// REST API listener (overrides [api] listen).
+        #[arg(long)]
+        api_listen: Option<SocketAddr>,
+        /// Data directory (overrides [store] data_dir).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Check a site file and report every mistake with its line and field.
+    CheckConfig {
+        /// The site file (TOML).
+        file: PathBuf,
+    },
+    /// Run the embedded demo site with simulated stations on loopback.
+    Demo {
+        /// How long the simulated stations charge, in seconds.
+        #[arg(long, default_value_t = 20)]
+        duration: u64,
+        /// Keep the store in this directory instead of a temporary one.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+fn init_logging(format: LogFormat, default_filter: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let result = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+    if let Err(e) = result {
+        eprintln!("warning: logging not initialised: {e}");
+    }
+}
+
+fn log_format(cli: Option<CliLogFormat>, site: LogFormat) -> LogFormat {
+    match cli {
+        Some(CliLogFormat::Json) => LogFormat::Json,
+        Some(CliLogFormat::Text) => LogFormat::Text,
+        None => site,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::CheckConfig { file } => return check_config(&file),
+        Command::Run {
+            config,
+            ocpp_listen,
+            api_listen,
+            data_dir,
+        } => run(
+            cli.log_format,
+            &config,
+            Overrides {
+                ocpp_listen,
+                api_listen,
+                data_dir,
+            },
+        ),
+        Command::Demo { duration, data_dir } => {
+            init_logging(
+                log_format(cli.log_format, LogFormat::Text),
+                "warn,loadstar=warn",
+            );
+            run_demo(duration, data_dir)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_config(file: &std::path::Path) -> ExitCode {
+    let report = loadstar::site::check(file);
+    if report.is_ok() {
+        println!("{report}");
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("{report}");
+        ExitCode::FAILURE
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn run(
+    cli_format: Option<CliLogFormat>,
+    config: &std::path::Path,
+    overrides: Overrides,
+) -> anyhow::Result<()> {
+    let site = SiteConfig::load(config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    init_logging(
+        log_format(cli_format, site.logging().format),
+        &site.logging().filter,
+    );
+    for w in site.warnings() {
+        warn!("{w}");
+    }
+    if overrides.api_listen.is_some() {
+        info!("--api-listen is accepted; the REST API arrives with the API issue");
+    }
+    runtime()?.block_on(async move {
+        let server = Server::start(site, &overrides, Clock::real())
+            .await
+            .context("cannot start the controller")?;
+        info!(ocpp = %server.ocpp_addr, data_dir = %server.data_dir.display(), "loadstar running");
+        wait_for_shutdown().await;
+        info!("shutting down");
+        server.shutdown().context("flushing the store")?;
+        Ok(())
+    })
+}
+
+#[cfg(unix)]
+async fn wait_for_shutdown() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_shutdown() {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn run_demo(duration: u64, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let options = DemoOptions {
+        duration: Duration::from_secs(duration),
+        data_dir,
+        ..DemoOptions::default()
+    };
+    let summary = runtime()?
+        .block_on(demo::run(options, |line| println!("{line}")))
+        .context("demo failed")?;
+    println!(
+        "Demo done: {} stations connected, {} sessions stored ({} ended, {:.0} Wh), {} meter samples stored.",
+        summary.stations_connected,
+        summary.sessions_stored,
+        summary.sessions_ended,
+        summary.energy_wh,
+        summary.samples_stored
+    );
+    if !summary.station_errors.is_empty() {
+        for e in &summary.station_errors {
+            eprintln!("simulated station error: {e}");
+        }
+        anyhow::bail!("{} simulated stations failed", summary.station_errors.len());
+    }
+    println!("The optimizer and control loop arrive with their issues; this demo shows the CSMS.");
+    Ok(())
+}

@@ -1,0 +1,425 @@
+//! Interop against a client nobody here wrote: the PyPI `ocpp` package (2.1.0), which validates
+//! every message against the official schemas, drives a 1.6 and a 2.0.1 station over loopback.
+//!
+//! `.ci/test` installs it into a venv and sets `LOADSTAR_INTEROP_PYTHON`. Without that variable
+//! these tests fail (they are not skipped silently) unless `LOADSTAR_SKIP_INTEROP=1` is set.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use loadstar::csms::setup::MEASURANDS;
+use loadstar::runtime::Server;
+use loadstar::store::{SessionFilter, Store};
+use loadstar_e2e::{eventually, start, test_site};
+use loadstar_ocpp::{Priority, v16, v201};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+fn python() -> Option<PathBuf> {
+    match std::env::var_os("LOADSTAR_INTEROP_PYTHON") {
+        Some(p) => Some(PathBuf::from(p)),
+        None if std::env::var_os("LOADSTAR_SKIP_INTEROP").is_some() => None,
+        None => panic!(
+            "LOADSTAR_INTEROP_PYTHON is not set: run `bash .ci/test`, which installs the PyPI \
+             `ocpp` package, or set LOADSTAR_SKIP_INTEROP=1 to skip the interop tests knowingly"
+        ),
+    }
+}
+
+fn script(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("interop")
+        .join(name)
+}
+
+/// Runs a Python station; calls `on_charging` once it reports it is charging; returns its
+/// summary.
+async fn run_station<F, Fut>(
+    server: &Server,
+    script_name: &str,
+    id: &str,
+    password: &str,
+    on_charging: F,
+) -> Value
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let Some(python) = python() else {
+        return Value::Null;
+    };
+    let mut child = Command::new(python)
+        .arg(script(script_name))
+        .arg("--url")
+        .arg(format!("ws://{}/ocpp", server.ocpp_addr))
+        .arg("--id")
+        .arg(id)
+        .arg("--password")
+        .arg(password)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut on_charging = Some(on_charging);
+    let summary = tokio::time::timeout(Duration::from_secs(90), async {
+        while let Some(line) = lines.next_line().await.expect("read stdout") {
+            let Ok(event) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            match event["event"].as_str() {
+                Some("charging") => {
+                    if let Some(f) = on_charging.take() {
+                        f().await;
+                    }
+                }
+                Some("done") => return event["summary"].clone(),
+                _ => {}
+            }
+        }
+        Value::Null
+    })
+    .await
+    .expect("the python station finishes within 90 s");
+    let status = child.wait().await.expect("python exits");
+    assert!(status.success(), "python station failed: {status}");
+    assert!(summary.is_object(), "python station printed no summary");
+    summary
+}
+
+async fn wait_for_setup(server: &Server, id: &str) {
+    let state = server.state.clone();
+    let id = id.to_owned();
+    eventually("station set-up", move || {
+        state
+            .lock()
+            .map(|s| s.stations.get(&id).is_some_and(|st| st.capabilities.set_up))
+            .unwrap_or(false)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn ocpp16_station_from_the_pypi_library() {
+    if python().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(&test_site(""), dir.path()).await;
+    let csms = server.csms.clone();
+    let srv = &server;
+    let summary = run_station(
+        &server,
+        "station16.py",
+        "PY16",
+        "py16-password-0001",
+        || async move {
+            wait_for_setup(srv, "PY16").await;
+            let station = csms.station("PY16").expect("connected");
+            // Read configuration through the typed API.
+            let config = station
+                .call(
+                    &v16::GetConfigurationRequest {
+                        key: Some(vec![
+                            "ChargeProfileMaxStackLevel".into(),
+                            "NoSuchKey".into(),
+                        ]),
+                    },
+                    Priority::Operations,
+                )
+                .await
+                .expect("GetConfiguration answered");
+            let keys = config.configuration_key.unwrap_or_default();
+            assert_eq!(keys.len(), 1);
+            assert_eq!(keys[0].value.as_deref(), Some("3"));
+            assert_eq!(config.unknown_key, Some(vec!["NoSuchKey".to_owned()]));
+            // Change configuration: accepted, and a rejection is reported as such.
+            let changed = station
+                .call(
+                    &v16::ChangeConfigurationRequest {
+                        key: "HeartbeatInterval".into(),
+                        value: "120".into(),
+                    },
+                    Priority::Operations,
+                )
+                .await
+                .expect("answered");
+            assert_eq!(changed.status, v16::ConfigurationStatus::Accepted);
+            let rejected = station
+                .call(
+                    &v16::ChangeConfigurationRequest {
+                        key: "ReadOnlyKey".into(),
+                        value: "x".into(),
+                    },
+                    Priority::Operations,
+                )
+                .await
+                .expect("answered");
+            assert_eq!(rejected.status, v16::ConfigurationStatus::Rejected);
+            // A TxProfile for the running transaction; the library validates it against the schema.
+            let tx = srv
+                .state
+                .lock()
+                .ok()
+                .and_then(|s| {
+                    s.stations.get("PY16").and_then(|st| {
+                        st.evses
+                            .get(&1)
+                            .and_then(|e| e.session.as_ref().map(|x| x.transaction_id.clone()))
+                    })
+                })
+                .expect("a session in the site state");
+            let profile = v16::SetChargingProfileRequest {
+                connector_id: 1,
+                cs_charging_profiles: v16::ChargingProfile {
+                    charging_profile_id: 7,
+                    transaction_id: tx.parse().ok(),
+                    stack_level: 1,
+                    charging_profile_purpose: v16::ChargingProfilePurposeType::TxProfile,
+                    charging_profile_kind: v16::ChargingProfileKindType::Relative,
+                    charging_schedule: v16::ChargingSchedule {
+                        charging_rate_unit: v16::ChargingRateUnitType::A,
+                        charging_schedule_period: vec![
+                            v16::ChargingSchedulePeriod {
+                                start_period: 0,
+                                limit: 16.0,
+                                number_phases: Some(3),
+                            },
+                            v16::ChargingSchedulePeriod {
+                                start_period: 600,
+                                limit: 10.5,
+                                number_phases: Some(3),
+                            },
+                        ],
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                },
+            };
+            let answer = station
+                .call(&profile, Priority::Safety)
+                .await
+                .expect("answered");
+            assert_eq!(answer.status, v16::ChargingProfileStatus::Accepted);
+        },
+    )
+    .await;
+
+    assert_eq!(summary["boot_status"], "Accepted");
+    assert_eq!(summary["heartbeat_interval"], 120);
+    assert_eq!(summary["authorize_ok"], "Accepted");
+    assert_eq!(summary["authorize_bad"], "Invalid");
+    assert_eq!(summary["stop_status"], "Accepted");
+    assert!(summary.get("profile_timeout").is_none(), "{summary}");
+    // Set-up configured what the station reports.
+    assert_eq!(summary["config"]["MeterValuesSampledData"], MEASURANDS);
+    assert_eq!(summary["config"]["MeterValueSampleInterval"], "10");
+    assert_eq!(summary["config"]["HeartbeatInterval"], "120");
+    // The profile arrived as sent.
+    let profiles = summary["profiles"].as_array().expect("profiles");
+    let tx_profile = profiles
+        .iter()
+        .find(|p| p["profile"]["charging_profile_purpose"] == "TxProfile")
+        .expect("TxProfile received");
+    let periods = &tx_profile["profile"]["charging_schedule"]["charging_schedule_period"];
+    // The library parses 1.6 decimals as Python Decimals, which the script prints as strings.
+    let limit = |v: &Value| {
+        v.as_f64()
+            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+    };
+    assert_eq!(limit(&periods[0]["limit"]), Some(16.0));
+    assert_eq!(limit(&periods[1]["limit"]), Some(10.5));
+
+    // Capabilities were read and parsed.
+    {
+        let state = server.state.lock().expect("state");
+        let caps = &state.stations["PY16"].capabilities;
+        assert_eq!(caps.smart_charging, Some(true));
+        assert_eq!(caps.max_stack_level, Some(3));
+        assert_eq!(caps.rate_units, vec!["A"]);
+        assert_eq!(caps.max_periods, Some(10));
+        assert_eq!(caps.max_profiles, Some(5));
+        assert!(
+            caps.refused
+                .iter()
+                .any(|r| r.starts_with("ConnectorSwitch3to1PhaseSupported"))
+        );
+    }
+    // The session is stored with its energy, and the 3-phase samples too.
+    let sessions = server
+        .store
+        .sessions(&SessionFilter::default())
+        .expect("store");
+    let session = sessions
+        .iter()
+        .find(|s| s.station == "PY16")
+        .expect("session stored");
+    assert!(session.ended_at.is_some());
+    assert_eq!(session.energy_wh, 2500.0);
+    assert_eq!(session.id_tag.as_deref(), Some("TAG-OK"));
+    let now = chrono::Utc::now();
+    let samples = server
+        .store
+        .samples(
+            "PY16",
+            1,
+            now - chrono::Duration::hours(1),
+            now + chrono::Duration::hours(1),
+        )
+        .expect("store");
+    assert!(samples.len() >= 3, "{} samples", samples.len());
+    assert!(
+        samples
+            .iter()
+            .any(|s| s.current_a == [Some(16.0), Some(15.5), Some(15.8)])
+    );
+    server.shutdown().expect("flush");
+}
+
+#[tokio::test]
+async fn ocpp201_station_from_the_pypi_library() {
+    if python().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(&test_site(""), dir.path()).await;
+    let csms = server.csms.clone();
+    let srv = &server;
+    let summary = run_station(
+        &server,
+        "station201.py",
+        "PY201",
+        "py201-password-0001",
+        || async move {
+            wait_for_setup(srv, "PY201").await;
+            let station = csms.station("PY201").expect("connected");
+            let read = station
+                .call(
+                    &v201::GetVariablesRequest {
+                        get_variable_data: vec![v201::GetVariableData {
+                            component: v201::Component {
+                                name: "SmartChargingCtrlr".into(),
+                                ..Default::default()
+                            },
+                            variable: v201::Variable {
+                                name: "ProfileStackLevel".into(),
+                                ..Default::default()
+                            },
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    },
+                    Priority::Operations,
+                )
+                .await
+                .expect("GetVariables answered");
+            assert_eq!(
+                read.get_variable_result[0].attribute_value.as_deref(),
+                Some("5")
+            );
+            let profile = v201::SetChargingProfileRequest {
+                evse_id: 1,
+                charging_profile: v201::ChargingProfile {
+                    id: 11,
+                    stack_level: 1,
+                    charging_profile_purpose: v201::ChargingProfilePurposeEnum::TxProfile,
+                    charging_profile_kind: v201::ChargingProfileKindEnum::Relative,
+                    transaction_id: Some("py-tx-0001".into()),
+                    charging_schedule: vec![v201::ChargingSchedule {
+                        id: 1,
+                        charging_rate_unit: v201::ChargingRateUnitEnum::A,
+                        charging_schedule_period: vec![v201::ChargingSchedulePeriod {
+                            start_period: 0,
+                            limit: 12.0,
+                            number_phases: Some(3),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let answer = station
+                .call(&profile, Priority::Safety)
+                .await
+                .expect("answered");
+            assert_eq!(answer.status, v201::ChargingProfileStatusEnum::Accepted);
+        },
+    )
+    .await;
+
+    assert_eq!(summary["boot_status"], "Accepted");
+    assert_eq!(summary["heartbeat_interval"], 120);
+    assert_eq!(summary["authorize_ok"], "Accepted");
+    assert_eq!(summary["needs_status"], "Accepted");
+    assert!(summary.get("profile_timeout").is_none(), "{summary}");
+    assert_eq!(
+        summary["variables"]["SampledDataCtrlr.TxUpdatedMeasurands"],
+        MEASURANDS
+    );
+    assert_eq!(
+        summary["variables"]["SampledDataCtrlr.TxUpdatedInterval"],
+        "10"
+    );
+    assert_eq!(summary["variables"]["SmartChargingCtrlr.Enabled"], "true");
+    let profiles = summary["profiles"].as_array().expect("profiles");
+    assert!(
+        profiles
+            .iter()
+            .any(|p| p["profile"]["charging_profile_purpose"] == "TxProfile"
+                && p["profile"]["charging_schedule"][0]["charging_schedule_period"][0]["limit"]
+                    == 12.0)
+    );
+    {
+        let state = server.state.lock().expect("state");
+        let caps = &state.stations["PY201"].capabilities;
+        assert_eq!(caps.smart_charging, Some(true));
+        assert_eq!(caps.max_stack_level, Some(5));
+        assert_eq!(caps.rate_units, vec!["A", "W"]);
+        assert_eq!(caps.max_profiles, Some(16));
+        // The station rejected one setting; it is recorded.
+        assert!(
+            caps.refused
+                .iter()
+                .any(|r| r.starts_with("AlignedDataCtrlr.Interval")),
+            "{:?}",
+            caps.refused
+        );
+    }
+    let sessions = server
+        .store
+        .sessions(&SessionFilter::default())
+        .expect("store");
+    let session = sessions
+        .iter()
+        .find(|s| s.station == "PY201")
+        .expect("session stored");
+    assert_eq!(session.transaction_id, "py-tx-0001");
+    assert!(session.ended_at.is_some());
+    assert_eq!(session.energy_wh, 1500.0);
+    assert_eq!(session.last_seq_no, Some(5));
+    let now = chrono::Utc::now();
+    let samples = server
+        .store
+        .samples(
+            "PY201",
+            1,
+            now - chrono::Duration::hours(1),
+            now + chrono::Duration::hours(1),
+        )
+        .expect("store");
+    assert!(samples.len() >= 5, "{} samples", samples.len());
+    // The retried event (same seqNo, energy 9999) was not applied.
+    assert!(samples.iter().all(|s| s.energy_wh != Some(9999.0)));
+    assert!(
+        samples
+            .iter()
+            .any(|s| s.current_a == [Some(16.0), Some(16.0), Some(15.9)])
+    );
+    server.shutdown().expect("flush");
+}
