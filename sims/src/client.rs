@@ -58,15 +58,17 @@ pub struct StationMemory {
     pub profiles: Vec<(i32, f64, String)>,
 }
 
-/// One connected station.
-pub struct StationClient {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+/// One connected station, over a TCP socket or any other stream (e.g. an in-memory pipe under
+/// virtual time).
+pub struct StationClient<S = MaybeTlsStream<TcpStream>> {
+    ws: WebSocketStream<S>,
     endpoint: Endpoint,
     pub version: OcppVersion,
     pub memory: StationMemory,
 }
 
 impl StationClient {
+    /// Connects over TCP with the handshake a real station makes.
     pub async fn connect(config: &ClientConfig) -> Result<Self, ClientError> {
         let url = format!(
             "{}/{}",
@@ -97,19 +99,37 @@ impl StationClient {
         if chosen.as_deref() != Some(config.version.subprotocol()) {
             return Err(ClientError::Subprotocol(chosen));
         }
-        Ok(StationClient {
+        Ok(StationClient::from_stream(
+            ws,
+            config.version,
+            config.call_timeout,
+        ))
+    }
+}
+
+impl<S> StationClient<S>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    /// Wraps an already-upgraded WebSocket.
+    pub fn from_stream(
+        ws: WebSocketStream<S>,
+        version: OcppVersion,
+        call_timeout: Duration,
+    ) -> Self {
+        StationClient {
             ws,
             endpoint: Endpoint::new(
-                config.version,
+                version,
                 Role::Station,
                 EndpointConfig {
-                    call_timeout: config.call_timeout,
+                    call_timeout,
                     ..EndpointConfig::default()
                 },
             ),
-            version: config.version,
+            version,
             memory: StationMemory::default(),
-        })
+        }
     }
 
     /// Sends a typed call and waits for its answer, answering CSMS calls meanwhile.
@@ -140,6 +160,72 @@ impl StationClient {
                     self.endpoint.handle_timeout(Instant::now().into_std());
                 }
             }
+        }
+    }
+
+    /// Sends the BootNotification of this station's version; true if the CSMS accepted it.
+    pub async fn boot(&mut self, vendor: &str, model: &str) -> Result<bool, ClientError> {
+        Ok(match self.version {
+            OcppVersion::V16 => {
+                let answer = self
+                    .call(&v16::BootNotificationRequest {
+                        charge_point_vendor: vendor.into(),
+                        charge_point_model: model.into(),
+                        ..Default::default()
+                    })
+                    .await?;
+                answer.status == v16::RegistrationStatus::Accepted
+            }
+            OcppVersion::V201 => {
+                let answer = self
+                    .call(&v201::BootNotificationRequest {
+                        charging_station: v201::ChargingStation {
+                            model: model.into(),
+                            vendor_name: vendor.into(),
+                            ..Default::default()
+                        },
+                        reason: v201::BootReasonEnum::PowerUp,
+                        ..Default::default()
+                    })
+                    .await?;
+                answer.status == v201::RegistrationStatusEnum::Accepted
+            }
+        })
+    }
+
+    /// Reports connector 1 of EVSE 1 as available (`true`) or in use.
+    pub async fn status(&mut self, available: bool, charging: bool) -> Result<(), ClientError> {
+        match self.version {
+            OcppVersion::V16 => {
+                let status = match (available, charging) {
+                    (true, _) => v16::ChargePointStatus::Available,
+                    (false, true) => v16::ChargePointStatus::Charging,
+                    (false, false) => v16::ChargePointStatus::Preparing,
+                };
+                self.call(&v16::StatusNotificationRequest {
+                    connector_id: 1,
+                    error_code: v16::ChargePointErrorCode::NoError,
+                    status,
+                    timestamp: Some(chrono::Utc::now()),
+                    ..Default::default()
+                })
+                .await
+                .map(drop)
+            }
+            OcppVersion::V201 => self
+                .call(&v201::StatusNotificationRequest {
+                    timestamp: chrono::Utc::now(),
+                    connector_status: if available {
+                        v201::ConnectorStatusEnum::Available
+                    } else {
+                        v201::ConnectorStatusEnum::Occupied
+                    },
+                    evse_id: 1,
+                    connector_id: 1,
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
         }
     }
 
@@ -202,6 +288,88 @@ impl StationClient {
             Ok(payload) => self.endpoint.respond(&call.id, &payload),
             Err(v) => self.endpoint.respond_error(&call.id, &v),
         };
+    }
+}
+
+/// A 1.6 meter value with the energy register, per-phase current and total power (at 230 V per
+/// phase), as a station configured by Loadstar reports it.
+pub fn meter_value_v16(
+    at: chrono::DateTime<chrono::Utc>,
+    energy_wh: f64,
+    amps: [f64; 3],
+) -> v16::MeterValue {
+    let sv = |value: String, measurand, phase, unit| v16::SampledValue {
+        value,
+        measurand: Some(measurand),
+        phase,
+        unit: Some(unit),
+        ..Default::default()
+    };
+    let mut sampled = vec![sv(
+        format!("{energy_wh:.0}"),
+        v16::Measurand::EnergyActiveImportRegister,
+        None,
+        v16::UnitOfMeasure::Wh,
+    )];
+    for (phase, a) in [v16::Phase::L1, v16::Phase::L2, v16::Phase::L3]
+        .into_iter()
+        .zip(amps)
+    {
+        sampled.push(sv(
+            format!("{a:.1}"),
+            v16::Measurand::CurrentImport,
+            Some(phase),
+            v16::UnitOfMeasure::A,
+        ));
+    }
+    sampled.push(sv(
+        format!("{:.0}", amps.iter().sum::<f64>() * 230.0),
+        v16::Measurand::PowerActiveImport,
+        None,
+        v16::UnitOfMeasure::W,
+    ));
+    v16::MeterValue {
+        timestamp: at,
+        sampled_value: sampled,
+    }
+}
+
+/// The 2.0.1 form of [`meter_value_v16`].
+pub fn meter_value_v201(
+    at: chrono::DateTime<chrono::Utc>,
+    energy_wh: f64,
+    amps: [f64; 3],
+) -> v201::MeterValue {
+    let sv = |value: f64, measurand, phase| v201::SampledValue {
+        value,
+        measurand: Some(measurand),
+        phase,
+        ..Default::default()
+    };
+    let mut sampled = vec![sv(
+        energy_wh.round(),
+        v201::MeasurandEnum::EnergyActiveImportRegister,
+        None,
+    )];
+    for (phase, a) in [
+        v201::PhaseEnum::L1,
+        v201::PhaseEnum::L2,
+        v201::PhaseEnum::L3,
+    ]
+    .into_iter()
+    .zip(amps)
+    {
+        sampled.push(sv(a, v201::MeasurandEnum::CurrentImport, Some(phase)));
+    }
+    sampled.push(sv(
+        (amps.iter().sum::<f64>() * 230.0).round(),
+        v201::MeasurandEnum::PowerActiveImport,
+        None,
+    ));
+    v201::MeterValue {
+        timestamp: at,
+        sampled_value: sampled,
+        ..Default::default()
     }
 }
 

@@ -13,7 +13,7 @@ use serde::Serialize;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use crate::client::{ClientConfig, ClientError, StationClient};
+use crate::client::{ClientConfig, ClientError, StationClient, meter_value_v16, meter_value_v201};
 
 /// What to generate.
 #[derive(Debug, Clone)]
@@ -271,123 +271,42 @@ pub async fn run(config: LoadConfig) -> LoadReport {
 
 async fn boot(config: &ClientConfig) -> Result<StationClient, ClientError> {
     let mut client = StationClient::connect(config).await?;
-    match config.version {
-        OcppVersion::V16 => {
-            client
-                .call(&v16::BootNotificationRequest {
-                    charge_point_vendor: "Loadstar".into(),
-                    charge_point_model: "LoadGen".into(),
-                    ..Default::default()
-                })
-                .await?;
-            client
-                .call(&v16::StartTransactionRequest {
-                    connector_id: 1,
-                    id_tag: "LOADGEN".into(),
-                    meter_start: 1_000,
-                    reservation_id: None,
-                    timestamp: Utc::now(),
-                })
-                .await?;
-        }
-        OcppVersion::V201 => {
-            client
-                .call(&v201::BootNotificationRequest {
-                    charging_station: v201::ChargingStation {
-                        model: "LoadGen".into(),
-                        vendor_name: "Loadstar".into(),
-                        ..Default::default()
-                    },
-                    reason: v201::BootReasonEnum::PowerUp,
-                    ..Default::default()
-                })
-                .await?;
-        }
+    client.boot("Loadstar", "LoadGen").await?;
+    if config.version == OcppVersion::V16 {
+        // A session, so the MeterValues belong to a transaction as on a real site.
+        client
+            .call(&v16::StartTransactionRequest {
+                connector_id: 1,
+                id_tag: "LOADGEN".into(),
+                meter_start: 1_000,
+                reservation_id: None,
+                timestamp: Utc::now(),
+            })
+            .await?;
     }
     Ok(client)
 }
 
 async fn meter_values(client: &mut StationClient, energy_wh: f64) -> Result<(), ClientError> {
-    let now = Utc::now();
+    let amps = [16.0, 16.0, 16.0];
     match client.version {
-        OcppVersion::V16 => {
-            let sv = |value: String, measurand: v16::Measurand, phase: Option<v16::Phase>, unit| {
-                v16::SampledValue {
-                    value,
-                    measurand: Some(measurand),
-                    phase,
-                    unit: Some(unit),
-                    ..Default::default()
-                }
-            };
-            let mut sampled = vec![sv(
-                format!("{energy_wh:.0}"),
-                v16::Measurand::EnergyActiveImportRegister,
-                None,
-                v16::UnitOfMeasure::Wh,
-            )];
-            for phase in [v16::Phase::L1, v16::Phase::L2, v16::Phase::L3] {
-                sampled.push(sv(
-                    "16.0".into(),
-                    v16::Measurand::CurrentImport,
-                    Some(phase),
-                    v16::UnitOfMeasure::A,
-                ));
-            }
-            sampled.push(sv(
-                "11040".into(),
-                v16::Measurand::PowerActiveImport,
-                None,
-                v16::UnitOfMeasure::W,
-            ));
-            client
-                .call(&v16::MeterValuesRequest {
-                    connector_id: 1,
-                    transaction_id: None,
-                    meter_value: vec![v16::MeterValue {
-                        timestamp: now,
-                        sampled_value: sampled,
-                    }],
-                })
-                .await?;
-        }
-        OcppVersion::V201 => {
-            let sv =
-                |value: f64, measurand: v201::MeasurandEnum, phase: Option<v201::PhaseEnum>| {
-                    v201::SampledValue {
-                        value,
-                        measurand: Some(measurand),
-                        phase,
-                        ..Default::default()
-                    }
-                };
-            let mut sampled = vec![sv(
-                energy_wh,
-                v201::MeasurandEnum::EnergyActiveImportRegister,
-                None,
-            )];
-            for phase in [
-                v201::PhaseEnum::L1,
-                v201::PhaseEnum::L2,
-                v201::PhaseEnum::L3,
-            ] {
-                sampled.push(sv(16.0, v201::MeasurandEnum::CurrentImport, Some(phase)));
-            }
-            sampled.push(sv(11_040.0, v201::MeasurandEnum::PowerActiveImport, None));
-            client
-                .call(&v201::MeterValuesRequest {
-                    evse_id: 1,
-                    meter_value: vec![v201::MeterValue {
-                        timestamp: now,
-                        sampled_value: sampled,
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                })
-                .await?;
-        }
+        OcppVersion::V16 => client
+            .call(&v16::MeterValuesRequest {
+                connector_id: 1,
+                transaction_id: None,
+                meter_value: vec![meter_value_v16(Utc::now(), energy_wh, amps)],
+            })
+            .await
+            .map(drop),
+        OcppVersion::V201 => client
+            .call(&v201::MeterValuesRequest {
+                evse_id: 1,
+                meter_value: vec![meter_value_v201(Utc::now(), energy_wh, amps)],
+                ..Default::default()
+            })
+            .await
+            .map(drop),
     }
-    Ok(())
 }
 
 async fn heartbeat(client: &mut StationClient) -> Result<(), ClientError> {
@@ -401,28 +320,7 @@ async fn heartbeat(client: &mut StationClient) -> Result<(), ClientError> {
 }
 
 async fn status(client: &mut StationClient) -> Result<(), ClientError> {
-    match client.version {
-        OcppVersion::V16 => client
-            .call(&v16::StatusNotificationRequest {
-                connector_id: 1,
-                error_code: v16::ChargePointErrorCode::NoError,
-                status: v16::ChargePointStatus::Charging,
-                timestamp: Some(Utc::now()),
-                ..Default::default()
-            })
-            .await
-            .map(drop),
-        OcppVersion::V201 => client
-            .call(&v201::StatusNotificationRequest {
-                timestamp: Utc::now(),
-                connector_status: v201::ConnectorStatusEnum::Occupied,
-                evse_id: 1,
-                connector_id: 1,
-                ..Default::default()
-            })
-            .await
-            .map(drop),
-    }
+    client.status(false, true).await
 }
 
 /// utime + stime of a process, in clock ticks.

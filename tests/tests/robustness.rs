@@ -308,3 +308,49 @@ async fn id_tags_follow_the_local_list() {
     assert_eq!(bad[2]["idTagInfo"]["status"], "Invalid");
     server.shutdown().expect("flush");
 }
+
+#[tokio::test]
+async fn unknown_stations_are_held_at_the_safe_current_when_the_site_admits_them() {
+    use loadstar_ocpp::OcppVersion;
+    use loadstar_sims::client::{ClientConfig, StationClient};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let site = test_site("allow_unknown_stations = true\nunknown_station_current_a = 0.0");
+    let server = start(&site, dir.path()).await;
+    for (id, version) in [("NEW-16", OcppVersion::V16), ("NEW-201", OcppVersion::V201)] {
+        let mut station = StationClient::connect(&ClientConfig {
+            url: format!("ws://{}/ocpp", server.ocpp_addr),
+            station_id: id.into(),
+            password: None,
+            version,
+            call_timeout: Duration::from_secs(5),
+        })
+        .await
+        .expect("an unknown station is admitted");
+        assert!(station.boot("V", "M").await.expect("boot"), "{id} accepted");
+        // Let the CSMS run its set-up, which ends with the hold.
+        for _ in 0..50 {
+            if !station.memory.profiles.is_empty() {
+                break;
+            }
+            station
+                .idle(Duration::from_millis(100))
+                .await
+                .expect("connected");
+        }
+        assert_eq!(
+            station.memory.profiles,
+            vec![(0, 0.0, "A".to_owned())],
+            "{id}: a station-wide 0 A limit"
+        );
+        let known = server.state.lock().expect("state").stations[id].known;
+        assert!(!known, "{id} is marked unknown");
+        station.close().await;
+    }
+    // A listed station still needs its password.
+    assert_eq!(
+        refused_status(connect(&server, "RAW-1", None, "ocpp1.6").await),
+        401
+    );
+    server.shutdown().expect("flush");
+}

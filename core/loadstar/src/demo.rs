@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use chrono::Utc;
 use loadstar_ocpp::{OcppVersion, v16, v201};
-use loadstar_sims::client::{ClientConfig, ClientError, StationClient};
+use loadstar_sims::client::{
+    ClientConfig, ClientError, StationClient, meter_value_v16, meter_value_v201,
+};
 use tokio::task::JoinSet;
 
 use crate::clock::Clock;
@@ -237,28 +239,14 @@ async fn simulate(
     until: tokio::time::Instant,
 ) -> Result<(), ClientError> {
     let mut client = StationClient::connect(&config).await?;
-    let per_phase: Vec<f64> = (0..3)
-        .map(|i| if i < phases { amps } else { 0.0 })
-        .collect();
+    let per_phase: [f64; 3] =
+        std::array::from_fn(|i| if i < usize::from(phases) { amps } else { 0.0 });
     let watts = per_phase.iter().sum::<f64>() * 230.0;
     let mut energy_wh = 0.0;
     match config.version {
         OcppVersion::V16 => {
-            client
-                .call(&v16::BootNotificationRequest {
-                    charge_point_vendor: "Loadstar".into(),
-                    charge_point_model: "DemoSim".into(),
-                    ..Default::default()
-                })
-                .await?;
-            client
-                .call(&v16::StatusNotificationRequest {
-                    connector_id: 1,
-                    error_code: v16::ChargePointErrorCode::NoError,
-                    status: v16::ChargePointStatus::Preparing,
-                    ..Default::default()
-                })
-                .await?;
+            client.boot("Loadstar", "DemoSim").await?;
+            client.status(false, false).await?;
             let start = client
                 .call(&v16::StartTransactionRequest {
                     connector_id: 1,
@@ -268,43 +256,15 @@ async fn simulate(
                     ..Default::default()
                 })
                 .await?;
-            client
-                .call(&v16::StatusNotificationRequest {
-                    connector_id: 1,
-                    error_code: v16::ChargePointErrorCode::NoError,
-                    status: v16::ChargePointStatus::Charging,
-                    ..Default::default()
-                })
-                .await?;
+            client.status(false, true).await?;
             while tokio::time::Instant::now() + every < until {
                 client.idle(every).await?;
                 energy_wh += watts * every.as_secs_f64() / 3600.0;
-                let mut sampled = vec![v16::SampledValue {
-                    value: format!("{energy_wh:.0}"),
-                    measurand: Some(v16::Measurand::EnergyActiveImportRegister),
-                    unit: Some(v16::UnitOfMeasure::Wh),
-                    ..Default::default()
-                }];
-                for (phase, a) in [v16::Phase::L1, v16::Phase::L2, v16::Phase::L3]
-                    .into_iter()
-                    .zip(&per_phase)
-                {
-                    sampled.push(v16::SampledValue {
-                        value: format!("{a:.1}"),
-                        measurand: Some(v16::Measurand::CurrentImport),
-                        phase: Some(phase),
-                        unit: Some(v16::UnitOfMeasure::A),
-                        ..Default::default()
-                    });
-                }
                 client
                     .call(&v16::MeterValuesRequest {
                         connector_id: 1,
                         transaction_id: Some(start.transaction_id),
-                        meter_value: vec![v16::MeterValue {
-                            timestamp: Utc::now(),
-                            sampled_value: sampled,
-                        }],
+                        meter_value: vec![meter_value_v16(Utc::now(), energy_wh, per_phase)],
                     })
                     .await?;
             }
@@ -317,59 +277,14 @@ async fn simulate(
                     ..Default::default()
                 })
                 .await?;
-            client
-                .call(&v16::StatusNotificationRequest {
-                    connector_id: 1,
-                    error_code: v16::ChargePointErrorCode::NoError,
-                    status: v16::ChargePointStatus::Available,
-                    ..Default::default()
-                })
-                .await?;
+            client.status(true, false).await?;
         }
         OcppVersion::V201 => {
-            client
-                .call(&v201::BootNotificationRequest {
-                    charging_station: v201::ChargingStation {
-                        model: "DemoSim".into(),
-                        vendor_name: "Loadstar".into(),
-                        ..Default::default()
-                    },
-                    reason: v201::BootReasonEnum::PowerUp,
-                    ..Default::default()
-                })
-                .await?;
-            client
-                .call(&v201::StatusNotificationRequest {
-                    timestamp: Utc::now(),
-                    connector_status: v201::ConnectorStatusEnum::Occupied,
-                    evse_id: 1,
-                    connector_id: 1,
-                    ..Default::default()
-                })
-                .await?;
+            client.boot("Loadstar", "DemoSim").await?;
+            client.status(false, false).await?;
             let tx = format!("{}-tx-1", config.station_id);
             let mut seq_no = 0;
-            let event = |kind, seq_no, state, energy_wh: f64, amps: &[f64]| {
-                let mut sampled = vec![v201::SampledValue {
-                    value: energy_wh.round(),
-                    measurand: Some(v201::MeasurandEnum::EnergyActiveImportRegister),
-                    ..Default::default()
-                }];
-                for (phase, a) in [
-                    v201::PhaseEnum::L1,
-                    v201::PhaseEnum::L2,
-                    v201::PhaseEnum::L3,
-                ]
-                .into_iter()
-                .zip(amps)
-                {
-                    sampled.push(v201::SampledValue {
-                        value: *a,
-                        measurand: Some(v201::MeasurandEnum::CurrentImport),
-                        phase: Some(phase),
-                        ..Default::default()
-                    });
-                }
+            let event = |kind, seq_no, state, energy_wh: f64, amps: [f64; 3]| {
                 v201::TransactionEventRequest {
                     event_type: kind,
                     timestamp: Utc::now(),
@@ -385,11 +300,7 @@ async fn simulate(
                         connector_id: Some(1),
                         ..Default::default()
                     }),
-                    meter_value: Some(vec![v201::MeterValue {
-                        timestamp: Utc::now(),
-                        sampled_value: sampled,
-                        ..Default::default()
-                    }]),
+                    meter_value: Some(vec![meter_value_v201(Utc::now(), energy_wh, amps)]),
                     ..Default::default()
                 }
             };
@@ -399,7 +310,7 @@ async fn simulate(
                     seq_no,
                     v201::ChargingStateEnum::Charging,
                     0.0,
-                    &per_phase,
+                    per_phase,
                 ))
                 .await?;
             while tokio::time::Instant::now() + every < until {
@@ -412,7 +323,7 @@ async fn simulate(
                         seq_no,
                         v201::ChargingStateEnum::Charging,
                         energy_wh,
-                        &per_phase,
+                        per_phase,
                     ))
                     .await?;
             }
@@ -422,18 +333,10 @@ async fn simulate(
                     seq_no + 1,
                     v201::ChargingStateEnum::Idle,
                     energy_wh,
-                    &[0.0, 0.0, 0.0],
+                    [0.0, 0.0, 0.0],
                 ))
                 .await?;
-            client
-                .call(&v201::StatusNotificationRequest {
-                    timestamp: Utc::now(),
-                    connector_status: v201::ConnectorStatusEnum::Available,
-                    evse_id: 1,
-                    connector_id: 1,
-                    ..Default::default()
-                })
-                .await?;
+            client.status(true, false).await?;
         }
     }
     client.idle(Duration::from_millis(200)).await?;

@@ -89,13 +89,7 @@ async fn boot16(port: u16) -> StationClient {
     let mut st = StationClient::connect(&client(port, "ST-1", OcppVersion::V16))
         .await
         .expect("ST-1 connects");
-    st.call(&v16::BootNotificationRequest {
-        charge_point_vendor: "V".into(),
-        charge_point_model: "M".into(),
-        ..Default::default()
-    })
-    .await
-    .expect("boot");
+    assert!(st.boot("V", "M").await.expect("boot"), "accepted");
     st
 }
 

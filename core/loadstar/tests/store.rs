@@ -1098,3 +1098,28 @@ fn a_database_in_use_is_not_opened_twice() {
     let second = open(&dir);
     assert!(second.open_report().clean_shutdown);
 }
+
+#[test]
+fn samples_with_equal_timestamps_are_all_kept_and_exact_repeats_once() {
+    let dir = tmp();
+    let store = open(&dir);
+    let when = at(100);
+    let mut first = sample("CP-1", 1, when);
+    first.energy_wh = Some(1_000.0);
+    let mut second = sample("CP-1", 1, when);
+    second.energy_wh = Some(1_050.0);
+    store.append_samples(&[first.clone()]).expect("first");
+    store
+        .append_samples(&[second.clone()])
+        .expect("second, same millisecond");
+    // A retried message: the very same sample again.
+    store.append_samples(&[second.clone()]).expect("repeat");
+    let kept = all_samples(&store, "CP-1", 1);
+    assert_eq!(kept.len(), 2, "{kept:#?}");
+    assert!(
+        kept.iter().all(|s| s.at == when),
+        "each keeps its own timestamp"
+    );
+    let energies: Vec<_> = kept.iter().map(|s| s.energy_wh).collect();
+    assert_eq!(energies, vec![Some(1_000.0), Some(1_050.0)]);
+}

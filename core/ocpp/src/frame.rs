@@ -183,36 +183,23 @@ impl Frame {
 
     /// Serializes the frame to its wire text.
     pub fn to_text(&self) -> String {
-        let value = match self {
+        // Serializing borrowed tuples avoids cloning the payload into a `Value` array.
+        let text = match self {
             Frame::Call {
                 id,
                 action,
                 payload,
-            } => Value::Array(vec![
-                CALL.into(),
-                id.as_str().into(),
-                action.as_str().into(),
-                payload.clone(),
-            ]),
-            Frame::CallResult { id, payload } => Value::Array(vec![
-                CALL_RESULT.into(),
-                id.as_str().into(),
-                payload.clone(),
-            ]),
+            } => serde_json::to_string(&(CALL, id, action, payload)),
+            Frame::CallResult { id, payload } => serde_json::to_string(&(CALL_RESULT, id, payload)),
             Frame::CallError {
                 id,
                 code,
                 description,
                 details,
-            } => Value::Array(vec![
-                CALL_ERROR.into(),
-                id.as_str().into(),
-                code.as_str().into(),
-                description.as_str().into(),
-                details.clone(),
-            ]),
+            } => serde_json::to_string(&(CALL_ERROR, id, code, description, details)),
         };
-        value.to_string()
+        // Serializing strings, integers and `Value`s cannot fail.
+        text.unwrap_or_default()
     }
 
     /// A CALLERROR frame for `violation`, spelled for `version`.

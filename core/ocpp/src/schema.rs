@@ -102,6 +102,10 @@ pub fn validate(
             format!("unknown {version} action {action:?}"),
         ));
     };
+    // The common case first: `is_valid` short-circuits and builds no error values.
+    if validator.is_valid(payload) {
+        return Ok(());
+    }
     let Some(error) = validator.iter_errors(payload).next() else {
         return Ok(());
     };

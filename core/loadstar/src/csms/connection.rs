@@ -10,7 +10,7 @@ use loadstar_ocpp::{CallId, Endpoint, EndpointConfig, Event, OcppVersion, Role};
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::{Instant, sleep_until};
+use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tracing::{debug, info, warn};
@@ -44,12 +44,24 @@ pub(super) async fn run<S>(
     let mut pending: HashMap<CallId, oneshot::Sender<Result<Value, CallError>>> = HashMap::new();
     let (mut sink, mut stream) = ws.split();
     let ping_every = shared.config.ping_interval;
-    let mut next_ping = Instant::now() + ping_every;
     let mut last_heard = Instant::now();
     let close_reason: &str;
+    // Two timers for the whole connection, re-armed only when their deadline changes: creating
+    // timers per frame is measurable at 10,000 stations.
+    let ping = tokio::time::sleep(ping_every);
+    tokio::pin!(ping);
+    let call_timer = tokio::time::sleep(ping_every);
+    tokio::pin!(call_timer);
+    let mut armed_deadline: Option<Instant> = None;
 
     loop {
         let call_deadline = endpoint.poll_timeout().map(Instant::from_std);
+        if call_deadline != armed_deadline {
+            if let Some(deadline) = call_deadline {
+                call_timer.as_mut().reset(deadline);
+            }
+            armed_deadline = call_deadline;
+        }
         tokio::select! {
             message = stream.next() => match message {
                 Some(Ok(Message::Text(text))) => {
@@ -89,15 +101,16 @@ pub(super) async fn run<S>(
                     break;
                 }
             },
-            () = sleep_until(call_deadline.unwrap_or_else(Instant::now)), if call_deadline.is_some() => {
+            () = &mut call_timer, if armed_deadline.is_some() => {
                 endpoint.handle_timeout(Instant::now().into_std());
+                armed_deadline = None;
             }
-            () = sleep_until(next_ping) => {
+            () = &mut ping => {
                 if last_heard.elapsed() > ping_every * 3 {
                     close_reason = "station silent";
                     break;
                 }
-                next_ping = Instant::now() + ping_every;
+                ping.as_mut().reset(Instant::now() + ping_every);
                 if sink.send(Message::Ping(Default::default())).await.is_err() {
                     close_reason = "send failed";
                     break;

@@ -201,8 +201,9 @@ impl Handlers {
 
     // ---------------------------------------------------------------- sessions, both versions
 
-    fn start_session(&self, evse_id: u32, session: ActiveSession) -> Result<(), Violation> {
-        let record = SessionRecord {
+    /// The store's record of a live session.
+    fn record_of(&self, evse_id: u32, session: &ActiveSession) -> SessionRecord {
+        SessionRecord {
             station: self.station_id.clone(),
             evse_id,
             connector_id: evse_id,
@@ -216,7 +217,11 @@ impl Handlers {
             stop_reason: None,
             last_seq_no: session.last_seq_no,
             updated_at: self.now(),
-        };
+        }
+    }
+
+    fn start_session(&self, evse_id: u32, session: ActiveSession) -> Result<(), Violation> {
+        let record = self.record_of(evse_id, &session);
         // Durable before the station hears back: a crash after this loses no started session.
         self.shared.store.start_session(&record).map_err(internal)?;
         info!(station = %self.station_id, evse = evse_id, transaction = %session.transaction_id, "session started");
@@ -251,21 +256,7 @@ impl Handlers {
                 }
                 record
             }
-            (None, Some((evse_id, session))) => SessionRecord {
-                station: self.station_id.clone(),
-                evse_id,
-                connector_id: evse_id,
-                transaction_id: transaction_id.to_owned(),
-                id_tag: session.id_tag,
-                started_at: session.started_at,
-                ended_at: None,
-                meter_start_wh: session.meter_start_wh,
-                meter_stop_wh: None,
-                energy_wh: session.energy_wh,
-                stop_reason: None,
-                last_seq_no: session.last_seq_no,
-                updated_at: ended_at,
-            },
+            (None, Some((evse_id, session))) => self.record_of(evse_id, &session),
             (None, None) => {
                 // A stop for a session we never saw start (e.g. started while offline and the
                 // Started event was lost). Record it so the energy is not lost.
@@ -424,8 +415,8 @@ impl Handlers {
             }),
             "StatusNotification" => answer::<StatusNotificationRequest>(ep, call, |req| {
                 let connector = u32::try_from(req.connector_id).unwrap_or(0);
-                let status = wire(&req.status);
-                let error_code = wire(&req.error_code);
+                let status = req.status.as_str().to_owned();
+                let error_code = req.error_code.as_str().to_owned();
                 self.with_station(|s| {
                     let evse = s.evse(connector);
                     evse.connectors.insert(connector, status);
@@ -475,7 +466,7 @@ impl Handlers {
                     &tx,
                     req.timestamp,
                     Some(req.meter_stop as f64),
-                    req.reason.as_ref().map(wire),
+                    req.reason.map(|x| x.as_str().to_owned()),
                 )?;
                 Ok(StopTransactionResponse {
                     id_tag_info: req.id_tag.as_deref().map(|t| self.id_tag_info_v16(t)),
@@ -497,14 +488,14 @@ impl Handlers {
             }),
             "DiagnosticsStatusNotification" => {
                 answer::<DiagnosticsStatusNotificationRequest>(ep, call, |req| {
-                    let status = wire(&req.status);
+                    let status = req.status.as_str().to_owned();
                     self.with_station(|s| s.diagnostics_status = Some(status));
                     Ok(DiagnosticsStatusNotificationResponse {})
                 })
             }
             "FirmwareStatusNotification" => {
                 answer::<FirmwareStatusNotificationRequest>(ep, call, |req| {
-                    let status = wire(&req.status);
+                    let status = req.status.as_str().to_owned();
                     self.with_station(|s| s.firmware_status = Some(status));
                     Ok(FirmwareStatusNotificationResponse {})
                 })
@@ -549,7 +540,7 @@ impl Handlers {
                         model: req.charging_station.model,
                         serial: req.charging_station.serial_number,
                         firmware: req.charging_station.firmware_version,
-                        reason: Some(wire(&req.reason)),
+                        reason: Some(req.reason.as_str().to_owned()),
                     });
                     Ok(BootNotificationResponse {
                         current_time: now,
@@ -570,7 +561,7 @@ impl Handlers {
             "StatusNotification" => answer::<StatusNotificationRequest>(ep, call, |req| {
                 let evse_id = u32::try_from(req.evse_id).unwrap_or(0);
                 let connector = u32::try_from(req.connector_id).unwrap_or(0);
-                let status = wire(&req.connector_status);
+                let status = req.connector_status.as_str().to_owned();
                 self.with_station(|s| {
                     s.evse(evse_id).connectors.insert(connector, status);
                 });
@@ -619,7 +610,7 @@ impl Handlers {
                 })
             }),
             "NotifyChargingLimit" => answer::<NotifyChargingLimitRequest>(ep, call, |req| {
-                let source = wire(&req.charging_limit.charging_limit_source);
+                let source = req.charging_limit.charging_limit_source.as_str().to_owned();
                 let evse_id = req.evse_id.and_then(|e| u32::try_from(e).ok()).unwrap_or(0);
                 warn!(station = %self.station_id, evse = evse_id, %source, "station reports an external charging limit");
                 self.with_station(|s| s.evse(evse_id).external_limit = Some(source));
@@ -657,13 +648,13 @@ impl Handlers {
             }
             "FirmwareStatusNotification" => {
                 answer::<FirmwareStatusNotificationRequest>(ep, call, |req| {
-                    let status = wire(&req.status);
+                    let status = req.status.as_str().to_owned();
                     self.with_station(|s| s.firmware_status = Some(status));
                     Ok(FirmwareStatusNotificationResponse::default())
                 })
             }
             "LogStatusNotification" => answer::<LogStatusNotificationRequest>(ep, call, |req| {
-                let status = wire(&req.status);
+                let status = req.status.as_str().to_owned();
                 self.with_station(|s| s.diagnostics_status = Some(status));
                 Ok(LogStatusNotificationResponse::default())
             }),
@@ -712,7 +703,10 @@ impl Handlers {
             .flatten()
             .map(measurement_v201)
             .collect();
-        let charging_state = req.transaction_info.charging_state.as_ref().map(wire);
+        let charging_state = req
+            .transaction_info
+            .charging_state
+            .map(|x| x.as_str().to_owned());
 
         // seqNo: a repeated or older event (a retry after a lost answer) is acknowledged but not
         // applied twice.
@@ -767,21 +761,15 @@ impl Handlers {
                 &tx,
                 req.timestamp,
                 meter_stop,
-                req.transaction_info.stopped_reason.as_ref().map(wire),
+                req.transaction_info
+                    .stopped_reason
+                    .map(|x| x.as_str().to_owned()),
             )?;
         }
         Ok(v201::TransactionEventResponse {
             id_token_info,
             ..Default::default()
         })
-    }
-}
-
-/// The wire spelling of a generated enum value.
-fn wire<T: serde::Serialize>(value: &T) -> String {
-    match serde_json::to_value(value) {
-        Ok(serde_json::Value::String(s)) => s,
-        _ => String::new(),
     }
 }
 
@@ -847,15 +835,12 @@ fn measurement_v16(mv: &v16::MeterValue) -> Measurement {
         let Ok(value) = sv.value.trim().parse::<f64>() else {
             continue;
         };
-        let measurand = sv.measurand.as_ref().map(wire);
-        let phase = sv.phase.as_ref().map(wire);
-        let unit = sv.unit.as_ref().map(wire);
         apply_sample(
             &mut m,
             &mut phase_power,
-            measurand.as_deref().unwrap_or(DEFAULT_MEASURAND),
-            phase.as_deref(),
-            unit.as_deref(),
+            sv.measurand.map_or(DEFAULT_MEASURAND, |x| x.as_str()),
+            sv.phase.map(|x| x.as_str()),
+            sv.unit.map(|x| x.as_str()),
             value,
         );
     }
@@ -869,9 +854,7 @@ fn measurement_v201(mv: &v201::MeterValue) -> Measurement {
     };
     let mut phase_power = [None; 3];
     for sv in &mv.sampled_value {
-        let measurand = sv.measurand.as_ref().map(wire);
-        let phase = sv.phase.as_ref().map(wire);
-        let unit = sv.unit_of_measure.as_ref().and_then(|u| u.unit.clone());
+        let unit = sv.unit_of_measure.as_ref().and_then(|u| u.unit.as_deref());
         let multiplier = sv
             .unit_of_measure
             .as_ref()
@@ -881,9 +864,9 @@ fn measurement_v201(mv: &v201::MeterValue) -> Measurement {
         apply_sample(
             &mut m,
             &mut phase_power,
-            measurand.as_deref().unwrap_or(DEFAULT_MEASURAND),
-            phase.as_deref(),
-            unit.as_deref(),
+            sv.measurand.map_or(DEFAULT_MEASURAND, |x| x.as_str()),
+            sv.phase.map(|x| x.as_str()),
+            unit,
             value,
         );
     }

@@ -132,6 +132,39 @@ impl std::fmt::Debug for SledStore {
 }
 
 impl SledStore {
+    /// Stores one sample without ever overwriting another. Keys have millisecond resolution and
+    /// stations send samples with equal timestamps (coarse clocks, two measurands in two
+    /// messages), so a taken key moves the new sample to the next free millisecond; its own
+    /// `at` is kept exactly. An identical sample (a retried MeterValues) is stored once.
+    fn insert_sample(&self, s: &MeterSample) -> Result<(), StoreError> {
+        const MAX_SHIFT_MS: i64 = 1000;
+        let millis = s.at.timestamp_millis();
+        let first = keys::sample_key(&s.station, s.evse_id, millis);
+        let value = encode(SAMPLES, &first, s)?;
+        for shift in 0..MAX_SHIFT_MS {
+            let key = if shift == 0 {
+                first.clone()
+            } else {
+                keys::sample_key(&s.station, s.evse_id, millis.saturating_add(shift))
+            };
+            match self
+                .t
+                .samples
+                .compare_and_swap(&key, None::<&[u8]>, Some(value.as_slice()))?
+            {
+                Ok(()) => return Ok(()),
+                Err(taken) if taken.current.as_deref() == Some(value.as_slice()) => return Ok(()),
+                Err(_) => continue,
+            }
+        }
+        Err(StoreError::Invalid {
+            what: format!(
+                "more than {MAX_SHIFT_MS} samples for station {:?} EVSE {} within one second",
+                s.station, s.evse_id
+            ),
+        })
+    }
+
     /// Opens (or creates) the store in `dir` with default [`StoreOptions`].
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         Self::open_with(dir, &StoreOptions::default())
@@ -722,25 +755,10 @@ impl Store for SledStore {
     }
 
     fn append_samples(&self, samples: &[MeterSample]) -> Result<(), StoreError> {
-        if samples.is_empty() {
-            return Ok(());
-        }
-        if let [s] = samples {
-            // One record is atomic by itself; a batch would take sled's global write lock.
-            check_station_id(&s.station)?;
-            let key = keys::sample_key(&s.station, s.evse_id, s.at.timestamp_millis());
-            let value = encode(SAMPLES, &key, s)?;
-            self.t.samples.insert(key, value)?;
-            return Ok(());
-        }
-        let mut batch = Batch::default();
         for s in samples {
             check_station_id(&s.station)?;
-            let key = keys::sample_key(&s.station, s.evse_id, s.at.timestamp_millis());
-            let value = encode(SAMPLES, &key, s)?;
-            batch.insert(key, value);
+            self.insert_sample(s)?;
         }
-        self.t.samples.apply_batch(batch)?;
         Ok(())
     }
 
