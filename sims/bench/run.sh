@@ -14,7 +14,7 @@ trap 'kill "$SERVER" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 ulimit -n "$(ulimit -Hn)"
 cargo build --release -q -p loadstar -p loadstar-sims
 python3 sims/bench/gen_site.py "$N" "$WORK/site.toml"
-./target/release/loadstar run --config "$WORK/site.toml" --data-dir "$WORK/data" --ocpp-listen 127.0.0.1:19000 &
+${SERVER_ENV:-} ./target/release/loadstar run --config "$WORK/site.toml" --data-dir "$WORK/data" --ocpp-listen 127.0.0.1:19000 &
 SERVER=$!
 sleep 2
 ./target/release/loadstar-loadgen --url ws://127.0.0.1:19000/ocpp --stations "$N" --rate "$RATE" \

@@ -229,6 +229,36 @@ where
         }
     }
 
+    /// Sends a CALL frame the caller built (not validated here) and waits for the answer with
+    /// message id `id`; `Ok(true)` for a CALLRESULT, `Ok(false)` for a CALLERROR. For the load
+    /// generator, whose client must cost far less than the server it measures; CSMS calls that
+    /// arrive meanwhile still go through the validating endpoint.
+    pub async fn call_prebuilt(&mut self, id: &str, frame: String) -> Result<bool, ClientError> {
+        self.ws.send(Message::text(frame)).await?;
+        let result = format!("[3,\"{id}\"");
+        let error = format!("[4,\"{id}\"");
+        loop {
+            match self.ws.next().await {
+                Some(Ok(Message::Text(text))) => {
+                    if text.starts_with(&result) {
+                        return Ok(true);
+                    }
+                    if text.starts_with(&error) {
+                        return Ok(false);
+                    }
+                    self.endpoint.handle_text(text.as_str());
+                    while let Some(event) = self.endpoint.poll_event() {
+                        if let Event::Call(incoming) = event {
+                            self.answer(incoming);
+                        }
+                    }
+                    self.flush().await?;
+                }
+                other => self.receive(other)?,
+            }
+        }
+    }
+
     /// Stays connected for `duration`, answering CSMS calls.
     pub async fn idle(&mut self, duration: Duration) -> Result<(), ClientError> {
         let until = Instant::now() + duration;

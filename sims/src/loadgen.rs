@@ -8,12 +8,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
-use loadstar_ocpp::{OcppVersion, v16, v201};
+use loadstar_ocpp::{OcppVersion, v16};
 use serde::Serialize;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use crate::client::{ClientConfig, ClientError, StationClient, meter_value_v16, meter_value_v201};
+use crate::client::{ClientConfig, ClientError, StationClient};
 
 /// What to generate.
 #[derive(Debug, Clone)]
@@ -108,7 +108,7 @@ pub async fn run(config: LoadConfig) -> LoadReport {
     let connect_gap = Duration::from_secs_f64(1.0 / config.connect_rate.max(1.0));
     // Every station's clock starts after the ramp, so the window measures steady state.
     let ramp = connect_gap * u32::try_from(config.stations).unwrap_or(u32::MAX);
-    let window_start = start + ramp + Duration::from_secs(2);
+    let window_start = start + ramp + Duration::from_secs(5);
     let window_end = window_start + config.duration;
     let per_station_gap = Duration::from_secs_f64(config.stations as f64 / config.rate.max(0.001));
 
@@ -155,25 +155,31 @@ pub async fn run(config: LoadConfig) -> LoadReport {
                     break;
                 }
                 let sent_at = Instant::now();
-                let result = match step % 4 {
+                let id = format!("lg{step}");
+                let frame = match step % 4 {
                     0 | 2 => {
                         energy_wh += 30.0;
                         local.meter_values += 1;
-                        meter_values(&mut client, energy_wh).await
+                        meter_values_frame(config.version, &id, energy_wh)
                     }
                     1 => {
                         local.heartbeats += 1;
-                        heartbeat(&mut client).await
+                        format!(r#"[2,"{id}","Heartbeat",{{}}]"#)
                     }
                     _ => {
                         local.status += 1;
-                        status(&mut client).await
+                        status_frame(config.version, &id)
                     }
                 };
-                match result {
-                    Ok(()) => local
+                let answer =
+                    tokio::time::timeout(Duration::from_secs(60), client.call_prebuilt(&id, frame))
+                        .await
+                        .unwrap_or(Err(ClientError::Closed));
+                match answer {
+                    Ok(true) => local
                         .latencies_us
                         .push(u32::try_from(sent_at.elapsed().as_micros()).unwrap_or(u32::MAX)),
+                    Ok(false) => local.errors += 1,
                     Err(ClientError::Closed | ClientError::Connect(_)) => {
                         local.errors += 1;
                         alive = false;
@@ -287,40 +293,35 @@ async fn boot(config: &ClientConfig) -> Result<StationClient, ClientError> {
     Ok(client)
 }
 
-async fn meter_values(client: &mut StationClient, energy_wh: f64) -> Result<(), ClientError> {
-    let amps = [16.0, 16.0, 16.0];
-    match client.version {
-        OcppVersion::V16 => client
-            .call(&v16::MeterValuesRequest {
-                connector_id: 1,
-                transaction_id: None,
-                meter_value: vec![meter_value_v16(Utc::now(), energy_wh, amps)],
-            })
-            .await
-            .map(drop),
-        OcppVersion::V201 => client
-            .call(&v201::MeterValuesRequest {
-                evse_id: 1,
-                meter_value: vec![meter_value_v201(Utc::now(), energy_wh, amps)],
-                ..Default::default()
-            })
-            .await
-            .map(drop),
+fn timestamp() -> String {
+    Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// A 3-phase MeterValues frame (energy, current per phase, power), built as text: the load
+/// generator must cost far less than the server it measures. Its shape matches
+/// `client::meter_value_v16` / `meter_value_v201`, which the tests validate.
+fn meter_values_frame(version: OcppVersion, id: &str, energy_wh: f64) -> String {
+    let ts = timestamp();
+    match version {
+        OcppVersion::V16 => format!(
+            r#"[2,"{id}","MeterValues",{{"connectorId":1,"meterValue":[{{"timestamp":"{ts}","sampledValue":[{{"value":"{energy_wh:.0}","measurand":"Energy.Active.Import.Register","unit":"Wh"}},{{"value":"16.0","measurand":"Current.Import","phase":"L1","unit":"A"}},{{"value":"16.0","measurand":"Current.Import","phase":"L2","unit":"A"}},{{"value":"16.0","measurand":"Current.Import","phase":"L3","unit":"A"}},{{"value":"11040","measurand":"Power.Active.Import","unit":"W"}}]}}]}}]"#
+        ),
+        OcppVersion::V201 => format!(
+            r#"[2,"{id}","MeterValues",{{"evseId":1,"meterValue":[{{"timestamp":"{ts}","sampledValue":[{{"value":{energy_wh:.0},"measurand":"Energy.Active.Import.Register"}},{{"value":16.0,"measurand":"Current.Import","phase":"L1"}},{{"value":16.0,"measurand":"Current.Import","phase":"L2"}},{{"value":16.0,"measurand":"Current.Import","phase":"L3"}},{{"value":11040,"measurand":"Power.Active.Import"}}]}}]}}]"#
+        ),
     }
 }
 
-async fn heartbeat(client: &mut StationClient) -> Result<(), ClientError> {
-    match client.version {
-        OcppVersion::V16 => client.call(&v16::HeartbeatRequest {}).await.map(drop),
-        OcppVersion::V201 => client
-            .call(&v201::HeartbeatRequest::default())
-            .await
-            .map(drop),
+fn status_frame(version: OcppVersion, id: &str) -> String {
+    let ts = timestamp();
+    match version {
+        OcppVersion::V16 => format!(
+            r#"[2,"{id}","StatusNotification",{{"connectorId":1,"errorCode":"NoError","status":"Charging","timestamp":"{ts}"}}]"#
+        ),
+        OcppVersion::V201 => format!(
+            r#"[2,"{id}","StatusNotification",{{"timestamp":"{ts}","connectorStatus":"Occupied","evseId":1,"connectorId":1}}]"#
+        ),
     }
-}
-
-async fn status(client: &mut StationClient) -> Result<(), ClientError> {
-    client.status(false, true).await
 }
 
 /// utime + stime of a process, in clock ticks.
@@ -345,4 +346,30 @@ pub fn process_rss_mib(pid: u32) -> Option<f64> {
 fn clock_ticks_per_second() -> f64 {
     // USER_HZ is 100 on every Linux architecture Loadstar targets.
     100.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use loadstar_ocpp::Frame;
+    use loadstar_ocpp::schema::{self, PayloadKind};
+
+    #[test]
+    fn prebuilt_frames_are_valid_ocpp() {
+        for version in [OcppVersion::V16, OcppVersion::V201] {
+            for text in [
+                meter_values_frame(version, "m1", 12_345.0),
+                status_frame(version, "s1"),
+            ] {
+                let Ok(Frame::Call {
+                    action, payload, ..
+                }) = Frame::parse(&text)
+                else {
+                    panic!("not a CALL: {text}");
+                };
+                schema::validate(version, &action, PayloadKind::Request, &payload)
+                    .unwrap_or_else(|v| panic!("{version} {action}: {v}"));
+            }
+        }
+    }
 }

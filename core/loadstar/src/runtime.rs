@@ -117,14 +117,22 @@ impl Server {
                 source,
             })?,
         );
-        let open = store.open_sessions().map(|s| s.len()).unwrap_or(0);
-        info!(dir = %store_dir.display(), open_sessions = open, "store opened");
+        let open = store.open_sessions().map_err(|source| StartError::Store {
+            dir: store_dir.clone(),
+            source,
+        })?;
+        let stations = store.stations().map_err(|source| StartError::Store {
+            dir: store_dir.clone(),
+            source,
+        })?;
+        info!(dir = %store_dir.display(), stations = stations.len(), open_sessions = open.len(), "store opened");
+        let state = SiteState::restore(&stations, open, |id| site.station(id).is_some());
 
         let addr = overrides.ocpp_listen.unwrap_or(site.csms().listen);
         let listener = bind(addr).map_err(|source| StartError::Bind { addr, source })?;
         let ocpp_addr = listener.local_addr().unwrap_or(addr);
 
-        let state = Arc::new(Mutex::new(SiteState::default()));
+        let state = Arc::new(Mutex::new(state));
         let csms = Csms::new(
             csms_config(&site),
             site.clone(),

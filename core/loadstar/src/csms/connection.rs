@@ -16,7 +16,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tracing::{debug, info, warn};
 
 use super::handlers::Handlers;
-use super::{Admission, CallError, Command, Shared, peer_label, register, unregister};
+use super::{
+    Admission, CallError, Command, OutgoingCall, Shared, peer_label, register, unregister,
+};
 
 pub(super) async fn run<S>(
     shared: Arc<Shared>,
@@ -86,7 +88,8 @@ pub(super) async fn run<S>(
                 }
             },
             command = commands.recv() => match command {
-                Some(Command::Call { action, payload, priority, reply }) => {
+                Some(Command::Call(call)) => {
+                    let OutgoingCall { action, payload, priority, reply } = *call;
                     match endpoint.call_raw(action, payload, priority) {
                         Ok(call) => {
                             pending.insert(call, reply);
@@ -120,7 +123,16 @@ pub(super) async fn run<S>(
 
         while let Some(event) = endpoint.poll_event() {
             match event {
-                Event::Call(call) => handlers.handle(&mut endpoint, call),
+                Event::Call(call) => {
+                    if waits_for_disk(&call) {
+                        // Session boundaries are flushed to disk before the station hears
+                        // back. On a multi-thread runtime, let tokio move the other stations'
+                        // tasks off this worker while it waits for the fsync.
+                        blocking(|| handlers.handle(&mut endpoint, call));
+                    } else {
+                        handlers.handle(&mut endpoint, call);
+                    }
+                }
                 Event::Response { call, result, .. } => {
                     if let Some(reply) = pending.remove(&call) {
                         let _ = reply.send(result.map_err(CallError::from));
@@ -167,4 +179,25 @@ pub(super) async fn run<S>(
         handlers.disconnected();
     }
     info!(station = %station_id, peer = %peer_label(peer), reason = close_reason, "station disconnected");
+}
+
+/// Whether handling `call` flushes the store (a session starts or ends).
+fn waits_for_disk(call: &loadstar_ocpp::IncomingCall) -> bool {
+    match call.action.as_str() {
+        "StartTransaction" | "StopTransaction" => true,
+        "TransactionEvent" => {
+            call.payload.get("eventType").and_then(|e| e.as_str()) != Some("Updated")
+        }
+        _ => false,
+    }
+}
+
+/// Runs blocking work without stalling the other tasks of a multi-thread runtime. A
+/// current-thread runtime (virtual time) has no other worker to hand them to, and there the
+/// simulation waits for the disk anyway.
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
 }

@@ -113,47 +113,10 @@ impl Handlers {
         if let Err(e) = self.shared.store.put_station(&record) {
             error!(station = %self.station_id, error = %e, "store: cannot write station");
         }
-        // Sessions that were open before a restart come back into the site state.
-        self.restore_open_sessions();
     }
 
     pub fn disconnected(&mut self) {
         self.with_station(|s| s.connected = false);
-    }
-
-    fn restore_open_sessions(&self) {
-        let open = match self.shared.store.open_sessions() {
-            Ok(open) => open,
-            Err(e) => {
-                error!(error = %e, "store: cannot list open sessions");
-                return;
-            }
-        };
-        let mine: Vec<_> = open
-            .into_iter()
-            .filter(|s| s.station == self.station_id)
-            .collect();
-        if mine.is_empty() {
-            return;
-        }
-        self.with_station(|station| {
-            for record in mine {
-                let evse = station.evse(record.evse_id);
-                if evse.session.is_none() {
-                    evse.session = Some(ActiveSession {
-                        transaction_id: record.transaction_id,
-                        id_tag: record.id_tag,
-                        started_at: record.started_at,
-                        meter_start_wh: record.meter_start_wh,
-                        energy_wh: record.energy_wh,
-                        last_seq_no: record.last_seq_no,
-                        charging_state: None,
-                        needs: ChargingNeeds::default(),
-                        persisted_at: None,
-                    });
-                }
-            }
-        });
     }
 
     pub fn handle(&mut self, endpoint: &mut Endpoint, call: IncomingCall) {

@@ -35,7 +35,7 @@ pub(super) async fn accept(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr
     // OCPP frames are small: tungstenite's 128 KiB default buffers would cost ~256 KiB per
     // station, which at 10,000 stations is most of the memory budget.
     let config = WebSocketConfig::default()
-        .read_buffer_size(8 * 1024)
+        .read_buffer_size(1024)
         .write_buffer_size(0)
         .max_message_size(Some(shared.config.max_frame_bytes))
         .max_frame_size(Some(shared.config.max_frame_bytes));

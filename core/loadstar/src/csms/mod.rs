@@ -125,14 +125,18 @@ pub enum CallError {
 }
 
 pub(crate) enum Command {
-    Call {
-        action: &'static str,
-        payload: Value,
-        priority: Priority,
-        reply: oneshot::Sender<Result<Value, CallError>>,
-    },
+    /// Boxed so the channel's slots stay small: tokio allocates them in blocks of 32 per
+    /// connection.
+    Call(Box<OutgoingCall>),
     /// Replaced by a newer connection, or shutting down.
     Close,
+}
+
+pub(crate) struct OutgoingCall {
+    pub action: &'static str,
+    pub payload: Value,
+    pub priority: Priority,
+    pub reply: oneshot::Sender<Result<Value, CallError>>,
 }
 
 /// A handle to one connected station: make typed calls and await their result.
@@ -170,12 +174,12 @@ impl StationHandle {
         let payload = serde_json::to_value(request).map_err(|e| CallError::Local(e.to_string()))?;
         let (reply, answer) = oneshot::channel();
         self.commands
-            .send(Command::Call {
+            .send(Command::Call(Box::new(OutgoingCall {
                 action: T::ACTION,
                 payload,
                 priority,
                 reply,
-            })
+            })))
             .await
             .map_err(|_| CallError::NotConnected(self.station_id.to_string()))?;
         let value = answer

@@ -53,7 +53,9 @@ const MIGRATIONS: &[(u32, Migration)] = &[(0, migrate_0_to_1)];
 /// Tuning of [`SledStore`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoreOptions {
-    /// sled's page cache bound, bytes (default 64 MiB; sled's own default is 1 GiB).
+    /// sled's page cache bound, bytes (default 64 MiB; sled's own default is 1 GiB). Sample
+    /// keys are per station, so at thousands of stations the hot leaves need this much; 16 MiB
+    /// gave a p99 of 201 ms against 3 ms at 10,000 stations (one run each, BENCHMARKS.md).
     pub cache_capacity_bytes: u64,
     /// Background fsync period (default `Some(500)` ms; `None` disables it, leaving only the
     /// explicit flush points).
