@@ -45,6 +45,7 @@ class Station(ChargePoint):
         }
         self.profiles = []
         self.config_reads = []
+        self.ops = []
         self.profile_received = asyncio.Event()
 
     @on(Action.get_configuration)
@@ -68,6 +69,54 @@ class Station(ChargePoint):
         if cs_charging_profiles.get("charging_profile_purpose") == "TxProfile":
             self.profile_received.set()
         return call_result.SetChargingProfile(status=ChargingProfileStatus.accepted)
+
+
+    # Operations the CSMS's typed API sends; the library validates each request on arrival.
+    def _op(self, action, kwargs):
+        self.ops.append(action)
+
+    @on(Action.remote_start_transaction)
+    def on_remote_start(self, id_tag, **kw):
+        self._op("RemoteStartTransaction", kw)
+        return call_result.RemoteStartTransaction(status="Accepted")
+
+    @on(Action.remote_stop_transaction)
+    def on_remote_stop(self, transaction_id, **kw):
+        self._op("RemoteStopTransaction", kw)
+        return call_result.RemoteStopTransaction(status="Accepted")
+
+    @on(Action.reset)
+    def on_reset(self, type, **kw):
+        self._op("Reset", kw)
+        return call_result.Reset(status="Accepted")
+
+    @on(Action.trigger_message)
+    def on_trigger(self, requested_message, **kw):
+        self._op("TriggerMessage", kw)
+        return call_result.TriggerMessage(status="Accepted")
+
+    @on(Action.change_availability)
+    def on_change_availability(self, connector_id, type, **kw):
+        self._op("ChangeAvailability", kw)
+        return call_result.ChangeAvailability(status="Scheduled")
+
+    @on(Action.unlock_connector)
+    def on_unlock(self, connector_id, **kw):
+        self._op("UnlockConnector", kw)
+        return call_result.UnlockConnector(status="Unlocked")
+
+    @on(Action.clear_charging_profile)
+    def on_clear_profile(self, **kw):
+        self._op("ClearChargingProfile", kw)
+        return call_result.ClearChargingProfile(status="Accepted")
+
+    @on(Action.get_composite_schedule)
+    def on_composite(self, connector_id, duration, **kw):
+        self._op("GetCompositeSchedule", kw)
+        return call_result.GetCompositeSchedule(
+            status="Accepted", connector_id=connector_id, schedule_start=now(),
+            charging_schedule={"duration": duration, "charging_rate_unit": "A",
+                               "charging_schedule_period": [{"start_period": 0, "limit": 16.0}]})
 
 
 def meter_value(energy_wh, amps):
@@ -108,6 +157,7 @@ async def flow(cp, summary):
     summary["profiles"] = cp.profiles
     summary["config"] = cp.config
     summary["config_reads"] = cp.config_reads
+    summary["ops"] = cp.ops
 
 
 async def main():

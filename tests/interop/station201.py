@@ -37,6 +37,9 @@ class Station(ChargePoint):
             ("AlignedDataCtrlr", "Interval"): "900",
         }
         self.profiles = []
+        self.ops = []
+        self.report_sent = False
+        self.report_task = None
         self.profile_received = asyncio.Event()
 
     @on("GetVariables")
@@ -70,6 +73,65 @@ class Station(ChargePoint):
         if charging_profile.get("charging_profile_purpose") == "TxProfile":
             self.profile_received.set()
         return call_result.SetChargingProfile(status="Accepted")
+
+
+    # Operations the CSMS's typed API sends; the library validates each request on arrival.
+    @on("RequestStartTransaction")
+    def on_request_start(self, id_token, remote_start_id, **_):
+        self.ops.append("RequestStartTransaction")
+        return call_result.RequestStartTransaction(status="Accepted")
+
+    @on("RequestStopTransaction")
+    def on_request_stop(self, transaction_id, **_):
+        self.ops.append("RequestStopTransaction")
+        return call_result.RequestStopTransaction(status="Accepted")
+
+    @on("Reset")
+    def on_reset(self, type, **_):
+        self.ops.append("Reset")
+        return call_result.Reset(status="Scheduled")
+
+    @on("TriggerMessage")
+    def on_trigger(self, requested_message, **_):
+        self.ops.append("TriggerMessage")
+        return call_result.TriggerMessage(status="Accepted")
+
+    @on("ChangeAvailability")
+    def on_change_availability(self, operational_status, **_):
+        self.ops.append("ChangeAvailability")
+        return call_result.ChangeAvailability(status="Accepted")
+
+    @on("UnlockConnector")
+    def on_unlock(self, evse_id, connector_id, **_):
+        self.ops.append("UnlockConnector")
+        return call_result.UnlockConnector(status="Unlocked")
+
+    @on("ClearChargingProfile")
+    def on_clear_profile(self, **_):
+        self.ops.append("ClearChargingProfile")
+        return call_result.ClearChargingProfile(status="Accepted")
+
+    @on("GetCompositeSchedule")
+    def on_composite(self, duration, evse_id, **_):
+        self.ops.append("GetCompositeSchedule")
+        return call_result.GetCompositeSchedule(status="Accepted", schedule={
+            "evse_id": evse_id, "duration": duration, "schedule_start": now(), "charging_rate_unit": "A",
+            "charging_schedule_period": [{"start_period": 0, "limit": 12.0}]})
+
+    @on("GetBaseReport")
+    def on_base_report(self, request_id, report_base, **_):
+        self.ops.append("GetBaseReport")
+        self.report_task = asyncio.get_running_loop().create_task(self.send_report(request_id))
+        return call_result.GetBaseReport(status="Accepted")
+
+    async def send_report(self, request_id):
+        await asyncio.sleep(0.05)
+        data = [{"component": {"name": "SmartChargingCtrlr"}, "variable": {"name": "PeriodsPerSchedule"},
+                 "variable_attribute": [{"type": "Actual", "value": "48"}]},
+                {"component": {"name": "SmartChargingCtrlr"}, "variable": {"name": "Phases3to1"},
+                 "variable_attribute": [{"type": "Actual", "value": "true"}]}]
+        await self.call(call.NotifyReport(request_id=request_id, generated_at=now(), seq_no=0, report_data=data))
+        self.report_sent = True
 
 
 def meter_value(energy_wh, amps):
@@ -113,10 +175,14 @@ async def flow(cp, summary):
         await asyncio.wait_for(cp.profile_received.wait(), timeout=30)
     except asyncio.TimeoutError:
         summary["profile_timeout"] = True
+    if cp.report_task is not None:
+        await cp.report_task
     await cp.call(call.TransactionEvent(event_type="Ended", timestamp=now(), trigger_reason="EVDeparted", seq_no=5,
                                         transaction_info={"transaction_id": tx, "charging_state": "Idle", "stopped_reason": "EVDisconnected"},
                                         meter_value=[meter_value(3500.0, (0.0, 0.0, 0.0))]))
     summary["profiles"] = cp.profiles
+    summary["ops"] = cp.ops
+    summary["report_sent"] = cp.report_sent
     summary["variables"] = {f"{c}.{v}": val for (c, v), val in cp.variables.items()}
 
 

@@ -160,6 +160,106 @@ async fn ocpp16_station_from_the_pypi_library() {
                 .await
                 .expect("answered");
             assert_eq!(rejected.status, v16::ConfigurationStatus::Rejected);
+            // Every operations call of the typed API, validated by the library on arrival.
+            let tx_id: i32 = srv
+                .state
+                .lock()
+                .ok()
+                .and_then(|s| {
+                    s.stations.get("PY16").and_then(|st| {
+                        st.evses
+                            .get(&1)
+                            .and_then(|e| e.session.as_ref().map(|x| x.transaction_id.clone()))
+                    })
+                })
+                .and_then(|t| t.parse().ok())
+                .expect("an integer transaction id");
+            let ops = Priority::Operations;
+            let started = station
+                .call(
+                    &v16::RemoteStartTransactionRequest {
+                        connector_id: Some(2),
+                        id_tag: "TAG-OK".into(),
+                        charging_profile: None,
+                    },
+                    ops,
+                )
+                .await
+                .expect("RemoteStartTransaction");
+            assert_eq!(started.status, v16::RemoteStartStopStatus::Accepted);
+            let stopped = station
+                .call(
+                    &v16::RemoteStopTransactionRequest {
+                        transaction_id: tx_id + 1000,
+                    },
+                    ops,
+                )
+                .await
+                .expect("RemoteStopTransaction");
+            assert_eq!(stopped.status, v16::RemoteStartStopStatus::Accepted);
+            let reset = station
+                .call(
+                    &v16::ResetRequest {
+                        kind: v16::ResetType::Soft,
+                    },
+                    ops,
+                )
+                .await
+                .expect("Reset");
+            assert_eq!(reset.status, v16::ResetStatus::Accepted);
+            let trigger = station
+                .call(
+                    &v16::TriggerMessageRequest {
+                        requested_message: v16::MessageTrigger::MeterValues,
+                        connector_id: Some(1),
+                    },
+                    ops,
+                )
+                .await
+                .expect("TriggerMessage");
+            assert_eq!(trigger.status, v16::TriggerMessageStatus::Accepted);
+            let availability = station
+                .call(
+                    &v16::ChangeAvailabilityRequest {
+                        connector_id: 2,
+                        kind: v16::AvailabilityType::Inoperative,
+                    },
+                    ops,
+                )
+                .await
+                .expect("ChangeAvailability");
+            assert_eq!(availability.status, v16::AvailabilityStatus::Scheduled);
+            let unlock = station
+                .call(&v16::UnlockConnectorRequest { connector_id: 2 }, ops)
+                .await
+                .expect("UnlockConnector");
+            assert_eq!(unlock.status, v16::UnlockStatus::Unlocked);
+            let cleared = station
+                .call(
+                    &v16::ClearChargingProfileRequest {
+                        id: Some(99),
+                        ..Default::default()
+                    },
+                    ops,
+                )
+                .await
+                .expect("ClearChargingProfile");
+            assert_eq!(cleared.status, v16::ClearChargingProfileStatus::Accepted);
+            let composite = station
+                .call(
+                    &v16::GetCompositeScheduleRequest {
+                        connector_id: 1,
+                        duration: 3600,
+                        charging_rate_unit: Some(v16::ChargingRateUnitType::A),
+                    },
+                    ops,
+                )
+                .await
+                .expect("GetCompositeSchedule");
+            assert_eq!(composite.status, v16::GetCompositeScheduleStatus::Accepted);
+            let schedule = composite.charging_schedule.expect("a schedule");
+            assert_eq!(schedule.charging_schedule_period[0].limit, 16.0);
+
             // A TxProfile for the running transaction; the library validates it against the schema.
             let tx = srv
                 .state
@@ -214,6 +314,26 @@ async fn ocpp16_station_from_the_pypi_library() {
     assert_eq!(summary["authorize_ok"], "Accepted");
     assert_eq!(summary["authorize_bad"], "Invalid");
     assert_eq!(summary["stop_status"], "Accepted");
+    let ops: Vec<&str> = summary["ops"]
+        .as_array()
+        .expect("ops")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(
+        ops,
+        vec![
+            "RemoteStartTransaction",
+            "RemoteStopTransaction",
+            "Reset",
+            "TriggerMessage",
+            "ChangeAvailability",
+            "UnlockConnector",
+            "ClearChargingProfile",
+            "GetCompositeSchedule",
+        ]
+    );
+
     assert!(summary.get("profile_timeout").is_none(), "{summary}");
     // Set-up configured what the station reports.
     assert_eq!(summary["config"]["MeterValuesSampledData"], MEASURANDS);
@@ -321,6 +441,135 @@ async fn ocpp201_station_from_the_pypi_library() {
                 read.get_variable_result[0].attribute_value.as_deref(),
                 Some("5")
             );
+            let ops = Priority::Operations;
+            let token = v201::IdToken {
+                id_token: "TAG-OK".into(),
+                kind: v201::IdTokenEnum::ISO14443,
+                ..Default::default()
+            };
+            let started = station
+                .call(
+                    &v201::RequestStartTransactionRequest {
+                        evse_id: Some(2),
+                        id_token: token,
+                        remote_start_id: 7,
+                        ..Default::default()
+                    },
+                    ops,
+                )
+                .await
+                .expect("RequestStartTransaction");
+            assert_eq!(started.status, v201::RequestStartStopStatusEnum::Accepted);
+            let stopped = station
+                .call(
+                    &v201::RequestStopTransactionRequest {
+                        transaction_id: "other-tx".into(),
+                        ..Default::default()
+                    },
+                    ops,
+                )
+                .await
+                .expect("RequestStopTransaction");
+            assert_eq!(stopped.status, v201::RequestStartStopStatusEnum::Accepted);
+            let reset = station
+                .call(
+                    &v201::ResetRequest {
+                        kind: v201::ResetEnum::OnIdle,
+                        ..Default::default()
+                    },
+                    ops,
+                )
+                .await
+                .expect("Reset");
+            assert_eq!(reset.status, v201::ResetStatusEnum::Scheduled);
+            let trigger = station
+                .call(
+                    &v201::TriggerMessageRequest {
+                        requested_message: v201::MessageTriggerEnum::MeterValues,
+                        ..Default::default()
+                    },
+                    ops,
+                )
+                .await
+                .expect("TriggerMessage");
+            assert_eq!(trigger.status, v201::TriggerMessageStatusEnum::Accepted);
+            let availability = station
+                .call(
+                    &v201::ChangeAvailabilityRequest {
+                        evse: Some(v201::EVSE {
+                            id: 2,
+                            ..Default::default()
+                        }),
+                        operational_status: v201::OperationalStatusEnum::Inoperative,
+                        ..Default::default()
+                    },
+                    ops,
+                )
+                .await
+                .expect("ChangeAvailability");
+            assert_eq!(
+                availability.status,
+                v201::ChangeAvailabilityStatusEnum::Accepted
+            );
+            let unlock = station
+                .call(
+                    &v201::UnlockConnectorRequest {
+                        evse_id: 2,
+                        connector_id: 1,
+                        ..Default::default()
+                    },
+                    ops,
+                )
+                .await
+                .expect("UnlockConnector");
+            assert_eq!(unlock.status, v201::UnlockStatusEnum::Unlocked);
+            let cleared = station
+                .call(
+                    &v201::ClearChargingProfileRequest {
+                        charging_profile_id: Some(99),
+                        ..Default::default()
+                    },
+                    ops,
+                )
+                .await
+                .expect("ClearChargingProfile");
+            assert_eq!(
+                cleared.status,
+                v201::ClearChargingProfileStatusEnum::Accepted
+            );
+            let composite = station
+                .call(
+                    &v201::GetCompositeScheduleRequest {
+                        duration: 3600,
+                        evse_id: 1,
+                        ..Default::default()
+                    },
+                    ops,
+                )
+                .await
+                .expect("GetCompositeSchedule");
+            assert_eq!(composite.status, v201::GenericStatusEnum::Accepted);
+            assert_eq!(
+                composite
+                    .schedule
+                    .expect("a schedule")
+                    .charging_schedule_period[0]
+                    .limit,
+                12.0
+            );
+            let report = station
+                .call(
+                    &v201::GetBaseReportRequest {
+                        request_id: 42,
+                        report_base: v201::ReportBaseEnum::FullInventory,
+                        ..Default::default()
+                    },
+                    ops,
+                )
+                .await
+                .expect("GetBaseReport");
+            assert_eq!(report.status, v201::GenericDeviceModelStatusEnum::Accepted);
+
             let profile = v201::SetChargingProfileRequest {
                 evse_id: 1,
                 charging_profile: v201::ChargingProfile {
@@ -357,6 +606,31 @@ async fn ocpp201_station_from_the_pypi_library() {
     assert_eq!(summary["heartbeat_interval"], 120);
     assert_eq!(summary["authorize_ok"], "Accepted");
     assert_eq!(summary["needs_status"], "Accepted");
+    assert_eq!(
+        summary["report_sent"], true,
+        "NotifyReport after GetBaseReport"
+    );
+    let ops: Vec<&str> = summary["ops"]
+        .as_array()
+        .expect("ops")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(
+        ops,
+        vec![
+            "RequestStartTransaction",
+            "RequestStopTransaction",
+            "Reset",
+            "TriggerMessage",
+            "ChangeAvailability",
+            "UnlockConnector",
+            "ClearChargingProfile",
+            "GetCompositeSchedule",
+            "GetBaseReport",
+        ]
+    );
+
     assert!(summary.get("profile_timeout").is_none(), "{summary}");
     assert_eq!(
         summary["variables"]["SampledDataCtrlr.TxUpdatedMeasurands"],
@@ -382,6 +656,9 @@ async fn ocpp201_station_from_the_pypi_library() {
         assert_eq!(caps.max_stack_level, Some(5));
         assert_eq!(caps.rate_units, vec!["A", "W"]);
         assert_eq!(caps.max_profiles, Some(16));
+        // From the NotifyReport that followed GetBaseReport.
+        assert_eq!(caps.max_periods, Some(48));
+        assert_eq!(caps.phase_switching, Some(true));
         // The station rejected one setting; it is recorded.
         assert!(
             caps.refused
