@@ -31,6 +31,8 @@ fn answer(text: &str) -> Option<String> {
     Some(serde_json::json!([3, id, payload]).to_string())
 }
 
+// tungstenite's handshake callback type returns its error response by value.
+#[allow(clippy::result_large_err)]
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     let addr = std::env::args()
