@@ -268,6 +268,14 @@ async fn simulate(
                     })
                     .await?;
             }
+            // The EV unplugs: current falls to zero before the transaction ends.
+            client
+                .call(&v16::MeterValuesRequest {
+                    connector_id: 1,
+                    transaction_id: Some(start.transaction_id),
+                    meter_value: vec![meter_value_v16(Utc::now(), energy_wh, [0.0; 3])],
+                })
+                .await?;
             client
                 .call(&v16::StopTransactionRequest {
                     meter_stop: energy_wh as i64,
