@@ -481,8 +481,9 @@ fn answer_v16(
                 status: ChargingProfileStatus::Accepted,
             })
         }
+        // The endpoint already refused unknown actions; these are known but not simulated.
         other => Err(Violation::new(
-            ErrorCode::NotImplemented,
+            ErrorCode::NotSupported,
             format!("{other} is not simulated"),
         )),
     }
@@ -568,8 +569,9 @@ fn answer_v201(
                 ..Default::default()
             })
         }
+        // The endpoint already refused unknown actions; these are known but not simulated.
         other => Err(Violation::new(
-            ErrorCode::NotImplemented,
+            ErrorCode::NotSupported,
             format!("{other} is not simulated"),
         )),
     }

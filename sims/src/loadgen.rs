@@ -268,7 +268,9 @@ pub async fn run(config: LoadConfig) -> LoadReport {
         max_ms: pct(1.0),
         server_rss_mib: rss,
         server_cpu_percent: match (cpu_before, cpu_after) {
-            (Some(a), Some(b)) => Some((b - a) as f64 / clock_ticks_per_second() / seconds * 100.0),
+            (Some(a), Some(b)) => {
+                Some(b.saturating_sub(a) as f64 / clock_ticks_per_second() / seconds * 100.0)
+            }
             _ => None,
         },
         connect_seconds,

@@ -691,8 +691,19 @@ async fn ocpp201_station_from_the_pypi_library() {
         )
         .expect("store");
     assert!(samples.len() >= 5, "{} samples", samples.len());
-    // The retried event (same seqNo, energy 9999) was not applied.
-    assert!(samples.iter().all(|s| s.energy_wh != Some(9999.0)));
+    // The repeated seqNo (energy 9999) changed no state: the session's energy above is 1500,
+    // and the EVSE's live reading is the Ended event's. Its sample is kept as history.
+    let live_energy = server.state.lock().expect("state").stations["PY201"].evses[&1]
+        .measurement
+        .energy_wh;
+    assert_eq!(live_energy, Some(3500.0));
+    assert_eq!(
+        samples
+            .iter()
+            .filter(|s| s.energy_wh == Some(9999.0))
+            .count(),
+        1
+    );
     assert!(
         samples
             .iter()

@@ -354,3 +354,127 @@ async fn unknown_stations_are_held_at_the_safe_current_when_the_site_admits_them
     );
     server.shutdown().expect("flush");
 }
+
+#[tokio::test]
+async fn sessions_stay_consistent_under_retries_and_odd_station_behaviour() {
+    use loadstar::store::SessionFilter;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(&test_site(""), dir.path()).await;
+    let mut ws = connect(&server, "RAW-1", Some(RAW1), "ocpp1.6")
+        .await
+        .expect("connects");
+    let start_frame = |id: &str, meter: i64, ts: &str| {
+        json!([2, id, "StartTransaction", {"connectorId": 1, "idTag": "tag-ok", "meterStart": meter, "timestamp": ts}]).to_string()
+    };
+    // Id tags are case-insensitive: "tag-ok" matches the list's "TAG-OK".
+    let first = exchange(&mut ws, &start_frame("s1", 100, "2026-11-25T10:00:00Z")).await;
+    assert_eq!(first[2]["idTagInfo"]["status"], "Accepted");
+    let tx = first[2]["transactionId"].as_i64().expect("id");
+    // The same StartTransaction again (its answer was lost): the same transaction id.
+    let retry = exchange(&mut ws, &start_frame("s2", 100, "2026-11-25T10:00:00Z")).await;
+    assert_eq!(
+        retry[2]["transactionId"], tx,
+        "a retried start is not a new session"
+    );
+
+    // Out-of-range connector ids are refused, not stored.
+    let bad = exchange(
+        &mut ws,
+        &json!([2, "m0", "MeterValues", {"connectorId": 100000, "meterValue": [{"timestamp": "2026-11-25T10:00:00Z", "sampledValue": [{"value": "1"}]}]}]).to_string(),
+    )
+    .await;
+    assert_eq!(bad[2], "PropertyConstraintViolation", "{bad}");
+
+    // Neutral current must not land on L1; a timestamp years ahead is replaced by ours.
+    let mv = json!([2, "m1", "MeterValues", {"connectorId": 1, "transactionId": tx, "meterValue": [{
+    "timestamp": "2031-01-01T00:00:00Z",
+    "sampledValue": [
+        {"value": "16.0", "measurand": "Current.Import", "phase": "L1", "unit": "A"},
+        {"value": "3.0", "measurand": "Current.Import", "phase": "N", "unit": "A"},
+        {"value": "400.0", "measurand": "Voltage", "phase": "L1-L2", "unit": "V"},
+        {"value": "231.0", "measurand": "Voltage", "phase": "L1-N", "unit": "V"},
+        {"value": "600", "measurand": "Energy.Active.Import.Register", "unit": "Wh"}
+    ]}]}]);
+    assert_eq!(exchange(&mut ws, &mv.to_string()).await[0], 3);
+    let next = json!([2, "m2", "MeterValues", {"connectorId": 1, "transactionId": tx, "meterValue": [{
+        "timestamp": chrono::Utc::now().to_rfc3339(),
+        "sampledValue": [{"value": "12.0", "measurand": "Current.Import", "phase": "L1", "unit": "A"},
+                          {"value": "700", "unit": "Wh"}]}]}]);
+    assert_eq!(exchange(&mut ws, &next.to_string()).await[0], 3);
+    {
+        let state = server.state.lock().expect("state");
+        let evse = &state.stations["RAW-1"].evses[&1];
+        assert_eq!(
+            evse.measurement.current_a[0],
+            Some(12.0),
+            "live values keep moving"
+        );
+        assert_eq!(evse.measurement.voltage_v[0], Some(231.0));
+        let at = evse.measurement.at.expect("a time");
+        assert!(
+            at < chrono::Utc::now() + chrono::Duration::minutes(1),
+            "{at}"
+        );
+        assert_eq!(evse.session.as_ref().map(|s| s.energy_wh), Some(600.0));
+    }
+
+    // A new session on the same connector without a stop: the old one is ended, not lost.
+    let second = exchange(&mut ws, &start_frame("s3", 700, "2026-11-25T11:00:00Z")).await;
+    let tx2 = second[2]["transactionId"].as_i64().expect("id");
+    assert_ne!(tx2, tx);
+    let sessions = server
+        .store
+        .sessions(&SessionFilter::default())
+        .expect("sessions");
+    let old = sessions
+        .iter()
+        .find(|s| s.transaction_id == tx.to_string())
+        .expect("first session kept");
+    assert!(old.ended_at.is_some());
+    assert_eq!(old.stop_reason.as_deref(), Some("SupersededByNewSession"));
+    assert_eq!(old.energy_wh, 600.0);
+    let _ = ws.close(None).await;
+
+    // 2.0.1: an Updated event after Ended does not reopen the session.
+    let mut ws = connect(&server, "RAW 2", Some("raw-2-password:0001"), "ocpp2.0.1")
+        .await
+        .expect("connects");
+    let event = |kind: &str, seq: i64, wh: f64| {
+        json!([2, format!("e{seq}"), "TransactionEvent", {
+            "eventType": kind, "timestamp": chrono::Utc::now().to_rfc3339(),
+            "triggerReason": "MeterValuePeriodic", "seqNo": seq,
+            "transactionInfo": {"transactionId": "raw2-tx"}, "evse": {"id": 1},
+            "meterValue": [{"timestamp": chrono::Utc::now().to_rfc3339(), "sampledValue": [{"value": wh}]}]}])
+        .to_string()
+    };
+    for (kind, seq, wh) in [
+        ("Started", 0, 0.0),
+        ("Updated", 1, 500.0),
+        ("Ended", 2, 900.0),
+        ("Updated", 3, 950.0),
+    ] {
+        let answer = exchange(&mut ws, &event(kind, seq, wh)).await;
+        assert_eq!(answer[0], 3, "{kind} {seq}: {answer}");
+    }
+    let key = loadstar::store::SessionKey::new("RAW 2", "raw2-tx");
+    let stored = server.store.session(&key).expect("store").expect("stored");
+    assert!(stored.ended_at.is_some(), "still ended");
+    assert_eq!(stored.energy_wh, 900.0);
+    let live = server.state.lock().expect("state").stations["RAW 2"].evses[&1]
+        .session
+        .clone();
+    assert!(live.is_none(), "no live session after the end: {live:?}");
+    // Routine 2.0.1 notifications are acknowledged.
+    let notify = exchange(
+        &mut ws,
+        &json!([2, "n1", "NotifyEvent", {"generatedAt": chrono::Utc::now().to_rfc3339(), "seqNo": 0, "eventData": [{
+            "eventId": 1, "timestamp": chrono::Utc::now().to_rfc3339(), "trigger": "Delta", "actualValue": "true",
+            "eventNotificationType": "HardWiredNotification",
+            "component": {"name": "EVSE"}, "variable": {"name": "Available"}}]}])
+        .to_string(),
+    )
+    .await;
+    assert_eq!(notify[0], 3, "{notify}");
+    server.shutdown().expect("flush");
+}

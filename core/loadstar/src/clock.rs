@@ -57,15 +57,30 @@ impl Clock {
 
     /// The UTC time of a monotonic instant.
     pub fn utc_at(&self, at: Instant) -> DateTime<Utc> {
-        let elapsed = at.saturating_duration_since(self.origin);
-        // chrono::Duration covers ±292 million years; a runtime never gets there.
-        self.start_utc + chrono::Duration::from_std(elapsed).unwrap_or(chrono::Duration::MAX)
+        if !self.virtual_time {
+            // Real time follows the system clock, including NTP corrections made after start
+            // (a site box without a battery-backed clock boots with a wrong time), so stations
+            // are never synchronised to a stale clock.
+            let now = Instant::now();
+            let wall = Utc::now();
+            return if at >= now {
+                wall + to_chrono(at - now)
+            } else {
+                wall - to_chrono(now - at)
+            };
+        }
+        self.start_utc + to_chrono(at.saturating_duration_since(self.origin))
     }
 
     /// Sleeps for `duration` of this clock's time.
     pub async fn sleep(&self, duration: Duration) {
         tokio::time::sleep(duration).await;
     }
+}
+
+fn to_chrono(d: Duration) -> chrono::Duration {
+    // chrono::Duration covers ±292 million years; a runtime never gets there.
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }
 
 #[cfg(test)]

@@ -75,9 +75,7 @@ pub fn csms_config(site: &SiteConfig) -> CsmsConfig {
         ping_interval: s.ping_interval(),
         authorization: match auth.mode {
             AuthorizationMode::AcceptAll => Authorization::AcceptAll,
-            AuthorizationMode::LocalList => {
-                Authorization::LocalList(auth.id_tags.iter().cloned().collect())
-            }
+            AuthorizationMode::LocalList => Authorization::local_list(auth.id_tags.iter()),
         },
         command_queue: 64,
         unknown_station_current_a: s.unknown_station_current_a,
@@ -151,9 +149,14 @@ impl Server {
         tasks.push(tokio::spawn(async move {
             loop {
                 clock.sleep(Duration::from_secs(3600)).await;
-                match housekeeping_store.compact(clock.now(), &policy) {
-                    Ok(report) => info!(?report, "meter samples compacted"),
-                    Err(e) => warn!(error = %e, "meter sample compaction failed"),
+                // Compaction is long synchronous disk work: off the async workers.
+                let store = housekeeping_store.clone();
+                let now = clock.now();
+                let policy = policy.clone();
+                match tokio::task::spawn_blocking(move || store.compact(now, &policy)).await {
+                    Ok(Ok(report)) => info!(?report, "meter samples compacted"),
+                    Ok(Err(e)) => warn!(error = %e, "meter sample compaction failed"),
+                    Err(e) => warn!(error = %e, "meter sample compaction task failed"),
                 }
             }
         }));

@@ -51,6 +51,15 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    let positive = |x: f64| x.is_finite() && x > 0.0;
+    if !positive(args.rate) || !positive(args.connect_rate) {
+        eprintln!("error: --rate and --connect-rate must be positive numbers");
+        return std::process::ExitCode::from(2);
+    }
+    if args.stations == 0 {
+        eprintln!("error: --stations must be at least 1");
+        return std::process::ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -46,6 +46,7 @@ pub(super) async fn run<S>(
     let mut pending: HashMap<CallId, oneshot::Sender<Result<Value, CallError>>> = HashMap::new();
     let (mut sink, mut stream) = ws.split();
     let ping_every = shared.config.ping_interval;
+    let write_timeout = shared.config.call_timeout;
     let mut last_heard = Instant::now();
     let close_reason: &str;
     // Two timers for the whole connection, re-armed only when their deadline changes: creating
@@ -99,11 +100,15 @@ pub(super) async fn run<S>(
                         }
                     }
                 }
-                Some(Command::Close) | None => {
-                    close_reason = "replaced by a newer connection";
+                None => {
+                    close_reason = "shutting down";
                     break;
                 }
             },
+            () = handle.closer.notified() => {
+                close_reason = "replaced by a newer connection";
+                break;
+            }
             () = &mut call_timer, if armed_deadline.is_some() => {
                 endpoint.handle_timeout(Instant::now().into_std());
                 armed_deadline = None;
@@ -114,8 +119,9 @@ pub(super) async fn run<S>(
                     break;
                 }
                 ping.as_mut().reset(Instant::now() + ping_every);
-                if sink.send(Message::Ping(Default::default())).await.is_err() {
-                    close_reason = "send failed";
+                let sent = tokio::time::timeout(write_timeout, sink.send(Message::Ping(Default::default()))).await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    close_reason = "send failed or timed out";
                     break;
                 }
             }
@@ -143,22 +149,23 @@ pub(super) async fn run<S>(
                 }
             }
         }
-        let mut sent_any = false;
+        // A station that stops reading must not block this task: every write has a deadline.
         let now = Instant::now().into_std();
-        let mut send_failed = false;
+        let mut frames = Vec::new();
         while let Some(text) = endpoint.poll_transmit(now) {
-            if sink.feed(Message::text(text)).await.is_err() {
-                send_failed = true;
+            frames.push(text);
+        }
+        if !frames.is_empty() {
+            let write = async {
+                for text in frames {
+                    sink.feed(Message::text(text)).await?;
+                }
+                sink.flush().await
+            };
+            if !matches!(tokio::time::timeout(write_timeout, write).await, Ok(Ok(()))) {
+                close_reason = "send failed or timed out";
                 break;
             }
-            sent_any = true;
-        }
-        if sent_any && sink.flush().await.is_err() {
-            send_failed = true;
-        }
-        if send_failed {
-            close_reason = "send failed";
-            break;
         }
     }
 
@@ -173,11 +180,8 @@ pub(super) async fn run<S>(
     for (_, reply) in pending.drain() {
         let _ = reply.send(Err(CallError::Failed(CallFailure::Closed)));
     }
-    let _ = sink.close().await;
-    let still_current = unregister(&shared, &handle);
-    if still_current {
-        handlers.disconnected();
-    }
+    let _ = tokio::time::timeout(write_timeout, sink.close()).await;
+    unregister(&shared, &handle, || handlers.disconnected());
     info!(station = %station_id, peer = %peer_label(peer), reason = close_reason, "station disconnected");
 }
 

@@ -28,15 +28,49 @@ fn answer<T: Request>(
     call: &IncomingCall,
     f: impl FnOnce(T) -> Result<T::Response, Violation>,
 ) {
+    answered::<T>(endpoint, call, f);
+}
+
+/// [`answer`], telling whether the station got a CALLRESULT (not a CALLERROR).
+fn answered<T: Request>(
+    endpoint: &mut Endpoint,
+    call: &IncomingCall,
+    f: impl FnOnce(T) -> Result<T::Response, Violation>,
+) -> bool {
     let result = call.decode::<T>().and_then(f);
+    let accepted = result.is_ok();
     let sent = match result {
         Ok(response) => endpoint.respond(&call.id, &response),
         Err(violation) => endpoint.respond_error(&call.id, &violation),
     };
     if let Err(e) = sent {
         error!(action = %call.action, error = %e, "could not answer a station call");
+        return false;
     }
+    accepted
 }
+
+/// Highest EVSE or connector id accepted from a station. Ids index per-station maps, so a
+/// station sending arbitrary ids must not make them grow without bound.
+pub const MAX_EVSE_ID: u32 = 128;
+
+fn evse_id_of(id: i32) -> Result<u32, Violation> {
+    u32::try_from(id)
+        .ok()
+        .filter(|id| *id <= MAX_EVSE_ID)
+        .ok_or_else(|| {
+            Violation::new(
+                ErrorCode::PropertyConstraintViolation,
+                format!("EVSE/connector id {id} is outside 0..={MAX_EVSE_ID}"),
+            )
+        })
+}
+
+/// Most capability keys kept per station from reports.
+const MAX_REPORTED_KEYS: usize = 512;
+
+/// How far ahead of our clock a station timestamp may be before we distrust it.
+const MAX_CLOCK_AHEAD: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
 
 fn internal(e: impl std::fmt::Display) -> Violation {
     Violation::new(ErrorCode::InternalError, e.to_string())
@@ -192,6 +226,27 @@ impl Handlers {
         Ok(())
     }
 
+    /// A new session on an EVSE that still has one open: the station lost or never sent the
+    /// old one's end. End it in the store (not silently overwrite it) as of the new start.
+    fn displace(
+        &self,
+        evse_id: u32,
+        open: Option<ActiveSession>,
+        at: DateTime<Utc>,
+    ) -> Result<(), Violation> {
+        let Some(open) = open else {
+            return Ok(());
+        };
+        warn!(station = %self.station_id, evse = evse_id, transaction = %open.transaction_id, "a new session starts on an EVSE whose session never ended; ending the old one");
+        let meter_stop = open.meter_start_wh.map(|start| start + open.energy_wh);
+        self.end_session(
+            &open.transaction_id,
+            at,
+            meter_stop,
+            Some("SupersededByNewSession".to_owned()),
+        )
+    }
+
     /// Ends the session `transaction_id`, wherever it is (state, or only in the store after a
     /// restart).
     fn end_session(
@@ -201,9 +256,10 @@ impl Handlers {
         meter_stop_wh: Option<f64>,
         reason: Option<String>,
     ) -> Result<(), Violation> {
+        // Read, not taken: the live session leaves the state only once its end is stored.
         let from_state = self.with_station(|s| {
             s.evse_with_session(transaction_id)
-                .and_then(|(evse_id, evse)| evse.session.take().map(|session| (evse_id, session)))
+                .and_then(|(evse_id, evse)| evse.session.clone().map(|session| (evse_id, session)))
         });
         let key = SessionKey {
             station: self.station_id.clone(),
@@ -243,8 +299,14 @@ impl Handlers {
         };
         if record.ended_at.is_some() {
             // A repeated stop (the station retried after a lost answer): already recorded.
+            self.with_station(|s| {
+                if let Some((_, evse)) = s.evse_with_session(transaction_id) {
+                    evse.session = None;
+                }
+            });
             return Ok(());
         }
+        let meter_stop_wh = meter_stop_wh.filter(|wh| wh.is_finite());
         record.ended_at = Some(ended_at);
         record.meter_stop_wh = meter_stop_wh;
         if let (Some(start), Some(stop)) = (record.meter_start_wh, meter_stop_wh) {
@@ -252,25 +314,54 @@ impl Handlers {
         }
         record.stop_reason = reason;
         record.updated_at = self.now();
+        if !record.energy_wh.is_finite() {
+            record.energy_wh = 0.0;
+        }
         self.shared.store.end_session(&record).map_err(internal)?;
+        self.with_station(|s| {
+            if let Some((_, evse)) = s.evse_with_session(transaction_id) {
+                evse.session = None;
+            }
+        });
         info!(station = %self.station_id, transaction = transaction_id, energy_wh = record.energy_wh, "session ended");
         Ok(())
     }
 
     /// Applies measurements to the EVSE and its session, and stores the samples.
+    /// Stores `measurements` as samples and, when `live`, folds them into the EVSE's latest
+    /// measurement and its session's energy.
+    ///
+    /// Station clocks are not trusted blindly: a timestamp more than a few minutes ahead of
+    /// ours, or equal to the EVSE's latest one (a stuck clock), is replaced by the time of
+    /// receipt, so live values never freeze and samples never pile up on one instant.
     fn record_measurements(
         &self,
         evse_id: u32,
         transaction_id: Option<&str>,
         measurements: &[Measurement],
+        live: bool,
     ) {
         if measurements.is_empty() {
             return;
         }
+        let now = self.now();
+        let mut measurements = measurements.to_vec();
+        let latest = self.with_station(|s| s.evse(evse_id).measurement.at);
+        for m in &mut measurements {
+            let suspicious = match m.at {
+                None => true,
+                Some(at) => at > now + MAX_CLOCK_AHEAD || (live && Some(at) == latest),
+            };
+            if suspicious {
+                m.at = Some(now);
+            }
+        }
         let session_tx = self.with_station(|s| {
             let evse = s.evse(evse_id);
-            for m in measurements {
-                evse.measurement.merge(m);
+            if live {
+                for m in &measurements {
+                    evse.measurement.merge(m);
+                }
             }
             let energy = evse.measurement.energy_wh;
             let session = evse.session.as_mut()?;
@@ -286,7 +377,7 @@ impl Handlers {
             .map(|m| MeterSample {
                 station: self.station_id.clone(),
                 evse_id,
-                at: m.at.unwrap_or_else(|| self.now()),
+                at: m.at.unwrap_or(now),
                 energy_wh: m.energy_wh,
                 power_w: m.power_w,
                 current_a: m.current_a,
@@ -354,7 +445,7 @@ impl Handlers {
         let now = self.now();
         match call.action.as_str() {
             "BootNotification" => {
-                answer::<BootNotificationRequest>(ep, call, |req| {
+                let accepted = answered::<BootNotificationRequest>(ep, call, |req| {
                     self.record_boot(BootInfo {
                         vendor: req.charge_point_vendor,
                         model: req.charge_point_model,
@@ -370,14 +461,16 @@ impl Handlers {
                         interval: self.heartbeat_secs(),
                     })
                 });
-                self.start_setup();
+                if accepted {
+                    self.start_setup();
+                }
             }
             "Heartbeat" => answer::<HeartbeatRequest>(ep, call, |_| {
                 self.with_station(|_| ());
                 Ok(HeartbeatResponse { current_time: now })
             }),
             "StatusNotification" => answer::<StatusNotificationRequest>(ep, call, |req| {
-                let connector = u32::try_from(req.connector_id).unwrap_or(0);
+                let connector = evse_id_of(req.connector_id)?;
                 let status = req.status.as_str().to_owned();
                 let error_code = req.error_code.as_str().to_owned();
                 self.with_station(|s| {
@@ -392,30 +485,47 @@ impl Handlers {
                     id_tag_info: self.id_tag_info_v16(&req.id_tag),
                 })
             }),
-            "StartTransaction" => answer::<StartTransactionRequest>(ep, call, |req| {
-                let id_tag_info = self.id_tag_info_v16(&req.id_tag);
-                let transaction_id = self.shared.store.next_transaction_id().map_err(internal)?;
-                let evse_id = u32::try_from(req.connector_id).unwrap_or(0);
-                let meter_start = req.meter_start as f64;
-                self.start_session(
-                    evse_id,
-                    ActiveSession {
-                        transaction_id: transaction_id.to_string(),
-                        id_tag: Some(req.id_tag),
-                        started_at: req.timestamp,
-                        meter_start_wh: Some(meter_start),
-                        energy_wh: 0.0,
-                        last_seq_no: None,
-                        charging_state: None,
-                        needs: ChargingNeeds::default(),
-                        persisted_at: None,
-                    },
-                )?;
-                Ok(StartTransactionResponse {
-                    id_tag_info,
-                    transaction_id,
-                })
-            }),
+            "StartTransaction" => {
+                answer::<StartTransactionRequest>(ep, call, |req| {
+                    let id_tag_info = self.id_tag_info_v16(&req.id_tag);
+                    let evse_id = evse_id_of(req.connector_id)?;
+                    let meter_start = req.meter_start as f64;
+                    // A retry after a lost answer gets the id it was given the first time.
+                    let open = self.with_station(|s| s.evse(evse_id).session.clone());
+                    if let Some(open) = &open
+                        && open.id_tag.as_deref() == Some(req.id_tag.as_str())
+                        && open.meter_start_wh == Some(meter_start)
+                        && open.started_at == req.timestamp
+                        && let Ok(transaction_id) = open.transaction_id.parse()
+                    {
+                        return Ok(StartTransactionResponse {
+                            id_tag_info,
+                            transaction_id,
+                        });
+                    }
+                    self.displace(evse_id, open, req.timestamp)?;
+                    let transaction_id =
+                        self.shared.store.next_transaction_id().map_err(internal)?;
+                    self.start_session(
+                        evse_id,
+                        ActiveSession {
+                            transaction_id: transaction_id.to_string(),
+                            id_tag: Some(req.id_tag),
+                            started_at: req.timestamp,
+                            meter_start_wh: Some(meter_start),
+                            energy_wh: 0.0,
+                            last_seq_no: None,
+                            charging_state: None,
+                            needs: ChargingNeeds::default(),
+                            persisted_at: None,
+                        },
+                    )?;
+                    Ok(StartTransactionResponse {
+                        id_tag_info,
+                        transaction_id,
+                    })
+                });
+            }
             "StopTransaction" => answer::<StopTransactionRequest>(ep, call, |req| {
                 let tx = req.transaction_id.to_string();
                 if let Some(data) = &req.transaction_data {
@@ -423,7 +533,7 @@ impl Handlers {
                         .with_station(|s| s.evse_with_session(&tx).map(|(id, _)| id))
                         .unwrap_or(0);
                     let ms: Vec<_> = data.iter().map(measurement_v16).collect();
-                    self.record_measurements(evse_id, Some(&tx), &ms);
+                    self.record_measurements(evse_id, Some(&tx), &ms, true);
                 }
                 self.end_session(
                     &tx,
@@ -436,10 +546,10 @@ impl Handlers {
                 })
             }),
             "MeterValues" => answer::<MeterValuesRequest>(ep, call, |req| {
-                let evse_id = u32::try_from(req.connector_id).unwrap_or(0);
+                let evse_id = evse_id_of(req.connector_id)?;
                 let ms: Vec<_> = req.meter_value.iter().map(measurement_v16).collect();
                 let tx = req.transaction_id.map(|t| t.to_string());
-                self.record_measurements(evse_id, tx.as_deref(), &ms);
+                self.record_measurements(evse_id, tx.as_deref(), &ms, true);
                 Ok(MeterValuesResponse {})
             }),
             "DataTransfer" => answer::<DataTransferRequest>(ep, call, |req| {
@@ -463,6 +573,25 @@ impl Handlers {
                     Ok(FirmwareStatusNotificationResponse {})
                 })
             }
+            // The 1.6 security extension's notifications: acknowledged and logged.
+            "SecurityEventNotification" => {
+                answer::<SecurityEventNotificationRequest>(ep, call, |req| {
+                    warn!(station = %self.station_id, event = %req.kind, info = ?req.tech_info, "security event");
+                    Ok(SecurityEventNotificationResponse {})
+                })
+            }
+            "SignedFirmwareStatusNotification" => {
+                answer::<SignedFirmwareStatusNotificationRequest>(ep, call, |req| {
+                    let status = req.status.as_str().to_owned();
+                    self.with_station(|s| s.firmware_status = Some(status));
+                    Ok(SignedFirmwareStatusNotificationResponse {})
+                })
+            }
+            "LogStatusNotification" => answer::<LogStatusNotificationRequest>(ep, call, |req| {
+                let status = req.status.as_str().to_owned();
+                self.with_station(|s| s.diagnostics_status = Some(status));
+                Ok(LogStatusNotificationResponse {})
+            }),
             other => self.not_supported(ep, call, other),
         }
     }
@@ -497,7 +626,7 @@ impl Handlers {
         let now = self.now();
         match call.action.as_str() {
             "BootNotification" => {
-                answer::<BootNotificationRequest>(ep, call, |req| {
+                let accepted = answered::<BootNotificationRequest>(ep, call, |req| {
                     self.record_boot(BootInfo {
                         vendor: req.charging_station.vendor_name,
                         model: req.charging_station.model,
@@ -512,7 +641,9 @@ impl Handlers {
                         ..Default::default()
                     })
                 });
-                self.start_setup();
+                if accepted {
+                    self.start_setup();
+                }
             }
             "Heartbeat" => answer::<HeartbeatRequest>(ep, call, |_| {
                 self.with_station(|_| ());
@@ -522,8 +653,8 @@ impl Handlers {
                 })
             }),
             "StatusNotification" => answer::<StatusNotificationRequest>(ep, call, |req| {
-                let evse_id = u32::try_from(req.evse_id).unwrap_or(0);
-                let connector = u32::try_from(req.connector_id).unwrap_or(0);
+                let evse_id = evse_id_of(req.evse_id)?;
+                let connector = evse_id_of(req.connector_id)?;
                 let status = req.connector_status.as_str().to_owned();
                 self.with_station(|s| {
                     s.evse(evse_id).connectors.insert(connector, status);
@@ -540,13 +671,13 @@ impl Handlers {
                 answer::<TransactionEventRequest>(ep, call, |req| self.transaction_event(req))
             }
             "MeterValues" => answer::<MeterValuesRequest>(ep, call, |req| {
-                let evse_id = u32::try_from(req.evse_id).unwrap_or(0);
+                let evse_id = evse_id_of(req.evse_id)?;
                 let ms: Vec<_> = req.meter_value.iter().map(measurement_v201).collect();
-                self.record_measurements(evse_id, None, &ms);
+                self.record_measurements(evse_id, None, &ms, true);
                 Ok(MeterValuesResponse::default())
             }),
             "NotifyEVChargingNeeds" => answer::<NotifyEVChargingNeedsRequest>(ep, call, |req| {
-                let evse_id = u32::try_from(req.evse_id).unwrap_or(0);
+                let evse_id = evse_id_of(req.evse_id)?;
                 let needs = &req.charging_needs;
                 let ac = needs.ac_charging_parameters.as_ref();
                 let update = crate::state::ChargingNeeds {
@@ -574,7 +705,7 @@ impl Handlers {
             }),
             "NotifyChargingLimit" => answer::<NotifyChargingLimitRequest>(ep, call, |req| {
                 let source = req.charging_limit.charging_limit_source.as_str().to_owned();
-                let evse_id = req.evse_id.and_then(|e| u32::try_from(e).ok()).unwrap_or(0);
+                let evse_id = req.evse_id.map(evse_id_of).transpose()?.unwrap_or(0);
                 warn!(station = %self.station_id, evse = evse_id, %source, "station reports an external charging limit");
                 self.with_station(|s| s.evse(evse_id).external_limit = Some(source));
                 Ok(NotifyChargingLimitResponse::default())
@@ -594,6 +725,12 @@ impl Handlers {
                     .collect();
                 self.with_station(|s| {
                     for (key, value) in entries {
+                        // Bounded: a full inventory can be large, and it lives in memory.
+                        if s.capabilities.raw.len() >= MAX_REPORTED_KEYS
+                            && !s.capabilities.raw.contains_key(&key)
+                        {
+                            continue;
+                        }
                         setup::apply_capability(&mut s.capabilities, &key, &value);
                     }
                 });
@@ -627,6 +764,21 @@ impl Handlers {
                     ..Default::default()
                 })
             }),
+            // Sent routinely by 2.0.1 stations; acknowledged so they do not retry.
+            "NotifyEvent" => answer::<NotifyEventRequest>(ep, call, |req| {
+                debug!(station = %self.station_id, events = req.event_data.len(), "NotifyEvent");
+                Ok(NotifyEventResponse::default())
+            }),
+            "NotifyMonitoringReport" => answer::<NotifyMonitoringReportRequest>(ep, call, |_| {
+                Ok(NotifyMonitoringReportResponse::default())
+            }),
+            // Loadstar runs no OCSP responder: say so, rather than NotSupported.
+            "GetCertificateStatus" => answer::<GetCertificateStatusRequest>(ep, call, |_| {
+                Ok(GetCertificateStatusResponse {
+                    status: GetCertificateStatusEnum::Failed,
+                    ..Default::default()
+                })
+            }),
             other => self.not_supported(ep, call, other),
         }
     }
@@ -650,12 +802,12 @@ impl Handlers {
         use v201::TransactionEventEnum as Kind;
         let tx = req.transaction_info.transaction_id.clone();
         let seq_no = i64::from(req.seq_no);
-        let evse_id = req
-            .evse
-            .as_ref()
-            .and_then(|e| u32::try_from(e.id).ok())
-            .or_else(|| self.with_station(|s| s.evse_with_session(&tx).map(|(id, _)| id)))
-            .unwrap_or(0);
+        let evse_id = match req.evse.as_ref() {
+            Some(evse) => evse_id_of(evse.id)?,
+            None => self
+                .with_station(|s| s.evse_with_session(&tx).map(|(id, _)| id))
+                .unwrap_or(0),
+        };
         let id_token_info = req
             .id_token
             .as_ref()
@@ -671,14 +823,16 @@ impl Handlers {
             .charging_state
             .map(|x| x.as_str().to_owned());
 
-        // seqNo: a repeated or older event (a retry after a lost answer) is acknowledged but not
-        // applied twice.
+        // seqNo: a repeated or older event (a retry after a lost answer, or events delivered out
+        // of order) is acknowledged; its samples are kept (the store drops exact repeats) but it
+        // changes no live state.
         let last_seq = self.with_station(|s| {
             s.evse_with_session(&tx)
                 .and_then(|(_, e)| e.session.as_ref().and_then(|s| s.last_seq_no))
         });
         if last_seq.is_some_and(|last| seq_no <= last) {
-            debug!(station = %self.station_id, transaction = %tx, seq_no, "duplicate TransactionEvent ignored");
+            debug!(station = %self.station_id, transaction = %tx, seq_no, "old TransactionEvent: samples kept, state unchanged");
+            self.record_measurements(evse_id, Some(&tx), &measurements, false);
             return Ok(v201::TransactionEventResponse {
                 id_token_info,
                 ..Default::default()
@@ -687,23 +841,58 @@ impl Handlers {
 
         let known = self.with_station(|s| s.evse_with_session(&tx).is_some());
         if !known && req.event_type != Kind::Ended {
-            let meter_start = measurements.iter().find_map(|m| m.energy_wh);
-            self.start_session(
-                evse_id,
-                ActiveSession {
-                    transaction_id: tx.clone(),
-                    id_tag: req.id_token.as_ref().map(|t| t.id_token.clone()),
-                    started_at: req.timestamp,
-                    meter_start_wh: meter_start,
-                    energy_wh: 0.0,
-                    last_seq_no: Some(seq_no),
-                    charging_state: charging_state.clone(),
-                    needs: ChargingNeeds::default(),
-                    persisted_at: None,
-                },
-            )?;
+            let key = SessionKey {
+                station: self.station_id.clone(),
+                transaction_id: tx.clone(),
+            };
+            match self.shared.store.session(&key).map_err(internal)? {
+                Some(stored) if stored.ended_at.is_some() => {
+                    // A late event for a session that already ended must not reopen it.
+                    debug!(station = %self.station_id, transaction = %tx, "event after the session ended: samples kept");
+                    self.record_measurements(evse_id, Some(&tx), &measurements, false);
+                    return Ok(v201::TransactionEventResponse {
+                        id_token_info,
+                        ..Default::default()
+                    });
+                }
+                Some(stored) => {
+                    // Open in the store but not live (e.g. the station moved EVSE): resume it.
+                    self.with_station(|s| {
+                        s.evse(evse_id).session = Some(ActiveSession {
+                            transaction_id: stored.transaction_id,
+                            id_tag: stored.id_tag,
+                            started_at: stored.started_at,
+                            meter_start_wh: stored.meter_start_wh,
+                            energy_wh: stored.energy_wh,
+                            last_seq_no: stored.last_seq_no,
+                            charging_state: charging_state.clone(),
+                            needs: ChargingNeeds::default(),
+                            persisted_at: Some(stored.updated_at),
+                        });
+                    });
+                }
+                None => {
+                    let open = self.with_station(|s| s.evse(evse_id).session.clone());
+                    self.displace(evse_id, open, req.timestamp)?;
+                    let meter_start = measurements.iter().find_map(|m| m.energy_wh);
+                    self.start_session(
+                        evse_id,
+                        ActiveSession {
+                            transaction_id: tx.clone(),
+                            id_tag: req.id_token.as_ref().map(|t| t.id_token.clone()),
+                            started_at: req.timestamp,
+                            meter_start_wh: meter_start,
+                            energy_wh: 0.0,
+                            last_seq_no: Some(seq_no),
+                            charging_state: charging_state.clone(),
+                            needs: ChargingNeeds::default(),
+                            persisted_at: None,
+                        },
+                    )?;
+                }
+            }
         }
-        self.record_measurements(evse_id, Some(&tx), &measurements);
+        self.record_measurements(evse_id, Some(&tx), &measurements, true);
         self.with_station(|s| {
             if let Some((_, evse)) = s.evse_with_session(&tx)
                 && let Some(session) = evse.session.as_mut()
@@ -754,17 +943,26 @@ fn apply_sample(
         _ => 1.0,
     };
     let value = value * scale;
+    if !value.is_finite() {
+        return;
+    }
+    // Only line currents and line-to-neutral values map onto a station phase: neutral current
+    // is not a phase, and a line-to-line voltage (~400 V) is not a phase voltage.
     let line = phase.and_then(|p| match p {
-        "L1" | "L1-N" | "L1-L2" => Some(0),
-        "L2" | "L2-N" | "L2-L3" => Some(1),
-        "L3" | "L3-N" | "L3-L1" => Some(2),
+        "L1" | "L1-N" => Some(0),
+        "L2" | "L2-N" => Some(1),
+        "L3" | "L3-N" => Some(2),
         _ => None,
     });
+    if phase.is_some() && line.is_none() {
+        return;
+    }
     match measurand {
         // A per-phase energy register is not the EVSE's total.
         "Energy.Active.Import.Register" if phase.is_none() => m.energy_wh = Some(value),
+        // `L1` and `L1-N` name the same phase: the last value wins rather than adding up.
         "Power.Active.Import" => match line {
-            Some(i) => phase_power[i] = Some(phase_power[i].unwrap_or(0.0) + value),
+            Some(i) => phase_power[i] = Some(value),
             None => m.power_w = Some(value),
         },
         "Current.Import" => {

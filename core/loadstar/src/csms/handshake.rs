@@ -166,6 +166,11 @@ pub fn station_id_from_path(path: &str) -> Result<String, &'static str> {
     if id.chars().any(char::is_control) {
         return Err("station id contains control characters");
     }
+    // Checked again after decoding: `%2F` must not smuggle a path separator into an id, and an
+    // id with ':' could never pass Basic auth (the user ends at the first ':').
+    if id.contains('/') || id.contains(':') {
+        return Err("station id contains '/' or ':'");
+    }
     Ok(id.into_owned())
 }
 
@@ -226,6 +231,8 @@ mod tests {
         assert!(station_id_from_path(&format!("/ocpp/{}", "x".repeat(49))).is_err());
         assert!(station_id_from_path("/ocpp/%FF").is_err());
         assert!(station_id_from_path("/ocpp/a%0Ab").is_err());
+        assert!(station_id_from_path("/ocpp/a%2Fb").is_err());
+        assert!(station_id_from_path("/ocpp/a%3Ab").is_err());
     }
 
     #[test]

@@ -73,15 +73,21 @@ impl Default for CsmsConfig {
 pub enum Authorization {
     /// Every tag is accepted (free car parks).
     AcceptAll,
-    /// Only tags on the list are accepted.
+    /// Only tags on the list are accepted (upper case; see [`Authorization::local_list`]).
     LocalList(HashSet<String>),
 }
 
 impl Authorization {
+    /// A local list. OCPP id tags are case-insensitive (1.6 `CiString20Type`, 2.0.1
+    /// `identifierString`), so the list is kept in upper case.
+    pub fn local_list<'a>(tags: impl IntoIterator<Item = &'a String>) -> Self {
+        Authorization::LocalList(tags.into_iter().map(|t| t.to_uppercase()).collect())
+    }
+
     pub fn accepts(&self, id_tag: &str) -> bool {
         match self {
             Authorization::AcceptAll => true,
-            Authorization::LocalList(tags) => tags.contains(id_tag),
+            Authorization::LocalList(tags) => tags.contains(&id_tag.to_uppercase()),
         }
     }
 }
@@ -128,8 +134,6 @@ pub(crate) enum Command {
     /// Boxed so the channel's slots stay small: tokio allocates them in blocks of 32 per
     /// connection.
     Call(Box<OutgoingCall>),
-    /// Replaced by a newer connection, or shutting down.
-    Close,
 }
 
 pub(crate) struct OutgoingCall {
@@ -146,6 +150,9 @@ pub struct StationHandle {
     version: OcppVersion,
     generation: u64,
     commands: mpsc::Sender<Command>,
+    /// Tells the connection to close; separate from `commands` so that it is delivered even
+    /// when a stuck connection's command queue is full.
+    closer: Arc<tokio::sync::Notify>,
 }
 
 impl StationHandle {
@@ -310,6 +317,7 @@ pub(crate) fn register(
         version,
         generation: shared.generations.fetch_add(1, Ordering::Relaxed),
         commands,
+        closer: Arc::new(tokio::sync::Notify::new()),
     };
     let old = shared
         .registry()
@@ -320,18 +328,25 @@ pub(crate) fn register(
             "new connection replaces the previous one"
         );
         // The old task may be gone already; either way it no longer owns the id.
-        let _ = old.commands.try_send(Command::Close);
+        old.closer.notify_one();
     }
     handle
 }
 
-/// Removes the registration if it still belongs to this connection. Returns whether it did
-/// (false when a newer connection took over).
-pub(crate) fn unregister(shared: &Shared, handle: &StationHandle) -> bool {
+/// Removes the registration if it still belongs to this connection, running `on_removed`
+/// under the registry lock so that a newer connection of the same station cannot register (and
+/// mark itself connected) in between. Returns whether it did (false when a newer connection took
+/// over).
+pub(crate) fn unregister(
+    shared: &Shared,
+    handle: &StationHandle,
+    on_removed: impl FnOnce(),
+) -> bool {
     let mut registry = shared.registry();
     match registry.get(handle.station_id()) {
         Some(current) if current.generation == handle.generation => {
             registry.remove(handle.station_id());
+            on_removed();
             true
         }
         _ => false,

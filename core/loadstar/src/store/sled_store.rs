@@ -142,13 +142,29 @@ impl SledStore {
         const MAX_SHIFT_MS: i64 = 1000;
         let millis = s.at.timestamp_millis();
         let first = keys::sample_key(&s.station, s.evse_id, millis);
+        let last = keys::sample_key(
+            &s.station,
+            s.evse_id,
+            millis.saturating_add(MAX_SHIFT_MS - 1),
+        );
         let value = encode(SAMPLES, &first, s)?;
-        for shift in 0..MAX_SHIFT_MS {
-            let key = if shift == 0 {
-                first.clone()
-            } else {
-                keys::sample_key(&s.station, s.evse_id, millis.saturating_add(shift))
-            };
+        // One seek in the common case (nothing there); on a collision, the samples already in
+        // this second tell whether it is a repeat and where the next free key is.
+        let mut taken_until = None;
+        for item in self.t.samples.range(first.as_slice()..=last.as_slice()) {
+            let (key, existing) = item?;
+            if existing.as_ref() == value.as_slice() {
+                return Ok(());
+            }
+            taken_until = keys::parse_sample_key(&key).map(|k| k.millis);
+        }
+        let mut at = match taken_until {
+            None => millis,
+            Some(taken) => taken.saturating_add(1),
+        };
+        // A racing writer of the same series may take a key meanwhile: move on past it.
+        while at < millis.saturating_add(MAX_SHIFT_MS) {
+            let key = keys::sample_key(&s.station, s.evse_id, at);
             match self
                 .t
                 .samples
@@ -156,7 +172,7 @@ impl SledStore {
             {
                 Ok(()) => return Ok(()),
                 Err(taken) if taken.current.as_deref() == Some(value.as_slice()) => return Ok(()),
-                Err(_) => continue,
+                Err(_) => at += 1,
             }
         }
         Err(StoreError::Invalid {
