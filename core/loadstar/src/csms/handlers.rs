@@ -346,18 +346,20 @@ impl Handlers {
         }
         let now = self.now();
         let mut measurements = measurements.to_vec();
-        let latest = self.with_station(|s| s.evse(evse_id).measurement.at);
-        for m in &mut measurements {
-            let suspicious = match m.at {
-                None => true,
-                Some(at) => at > now + MAX_CLOCK_AHEAD || (live && Some(at) == latest),
-            };
-            if suspicious {
-                m.at = Some(now);
-            }
-        }
+        // One lock per message: sanitise the timestamps against the EVSE's latest reading,
+        // then fold in.
         let session_tx = self.with_station(|s| {
             let evse = s.evse(evse_id);
+            let latest = evse.measurement.at;
+            for m in &mut measurements {
+                let suspicious = match m.at {
+                    None => true,
+                    Some(at) => at > now + MAX_CLOCK_AHEAD || (live && Some(at) == latest),
+                };
+                if suspicious {
+                    m.at = Some(now);
+                }
+            }
             if live {
                 for m in &measurements {
                     evse.measurement.merge(m);
@@ -935,13 +937,11 @@ fn apply_sample(
     unit: Option<&str>,
     value: f64,
 ) {
-    if !value.is_finite() {
-        return;
-    }
     let scale = match unit {
         Some("kWh" | "kW" | "kvar" | "kvarh" | "kVA") => 1000.0,
         _ => 1.0,
     };
+    // Checked after scaling: a huge kWh value becomes infinite only here.
     let value = value * scale;
     if !value.is_finite() {
         return;
