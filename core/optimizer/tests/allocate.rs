@@ -50,6 +50,7 @@ fn evse(id: &str, node: usize, circuit: StationCircuit, min_a: f64, max_a: f64) 
         priority: 0,
         weight: 1.0,
         energy_wh: 0.0,
+        plan_a: None,
     }
 }
 
@@ -83,7 +84,10 @@ fn close(a: f64, b: f64) -> bool {
 }
 
 fn is_charging(bound: &Binding) -> bool {
-    matches!(bound, Binding::Node { .. } | Binding::EvseMax)
+    matches!(
+        bound,
+        Binding::Node { .. } | Binding::EvseMax | Binding::Plan
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -172,14 +176,25 @@ fn check_invariants(problem: &Problem, alloc: &Allocation) -> Result<(), String>
         }
         let c = e.circuit.line_coefficients(e.ev_phases);
         let tight = |nd: usize, line: Line| h[nd][line] - load[nd][line] <= TOL;
-        if s.amps < e.max_a - TOL {
+        // The plan caps an EVSE at max(plan_a, min_a).
+        let cap = e.plan_a.map_or(e.max_a, |p| e.max_a.min(p.max(e.min_a)));
+        if s.bound == Binding::Plan && !close(s.amps, cap) {
+            return Err(format!(
+                "{}: bound by the plan at {} A, plan cap {cap}",
+                e.id, s.amps
+            ));
+        }
+        if s.amps > cap + TOL {
+            return Err(format!("{}: {} A above the plan cap {cap}", e.id, s.amps));
+        }
+        if s.amps < cap - TOL {
             let any = path(problem, e.node)
                 .into_iter()
                 .any(|nd| Line::ALL.into_iter().any(|l| c[l] > 0.0 && tight(nd, l)));
             if !any {
                 return Err(format!(
-                    "{}: {} A below max {} with no tight constraint",
-                    e.id, s.amps, e.max_a
+                    "{}: {} A below its cap {cap} with no tight constraint",
+                    e.id, s.amps
                 ));
             }
         }
@@ -512,6 +527,62 @@ fn safety_pauses_even_inside_dwell_and_may_pause_false_last() {
 }
 
 #[test]
+fn plan_caps_and_idles_evses() {
+    let nodes = vec![node("site", None, PerLine::splat(63.0), "physical")];
+    let mut a = evse("a", 0, three_phase(), 6.0, 32.0);
+    let mut b = evse("b", 0, three_phase(), 6.0, 32.0);
+    let mut c = evse("c", 0, three_phase(), 6.0, 32.0);
+    a.plan_a = Some(10.0); // capped by the plan below its max
+    b.plan_a = Some(1.0); // the plan idles it this slot
+    c.plan_a = Some(4.0); // above half the minimum: charges at the minimum at least
+    let problem = Problem::new(nodes.clone(), vec![a.clone(), b.clone(), c], 0);
+    let alloc = run(&problem);
+    assert_eq!(setpoint(&alloc, "a"), (10.0, Binding::Plan));
+    assert_eq!(
+        setpoint(&alloc, "b"),
+        (0.0, Binding::Paused(PauseReason::Plan))
+    );
+    assert_eq!(setpoint(&alloc, "c"), (6.0, Binding::Plan));
+    assert!(alloc.rotation["b"].paused);
+    check_invariants(&problem, &alloc).unwrap();
+
+    // Dwell beats the plan: b resumed 60 s ago, so it keeps charging (at its minimum).
+    let mut problem = Problem::new(nodes.clone(), vec![a.clone(), b.clone()], 100);
+    problem.rotation.insert(
+        "b".into(),
+        RotationEntry {
+            paused: false,
+            since_s: 40,
+        },
+    );
+    let alloc = run(&problem);
+    assert_eq!(setpoint(&alloc, "b"), (6.0, Binding::Plan));
+
+    // An EVSE that must not pause charges whatever the plan says.
+    b.may_pause = false;
+    let problem = Problem::new(nodes.clone(), vec![a.clone(), b.clone()], 0);
+    assert_eq!(setpoint(&run(&problem), "b"), (6.0, Binding::Plan));
+
+    // A plan above the limits is just a cap: the site still binds.
+    a.plan_a = Some(40.0);
+    let d = evse("d", 0, three_phase(), 6.0, 32.0);
+    let problem = Problem::new(nodes.clone(), vec![a.clone(), d], 0);
+    let alloc = run(&problem);
+    assert_eq!(
+        setpoint(&alloc, "a"),
+        (31.5, node_bound("site", L1, "physical"))
+    );
+
+    // A bad plan value makes the EVSE invalid, not the problem.
+    a.plan_a = Some(f64::NAN);
+    let problem = Problem::new(nodes, vec![a], 0);
+    assert!(matches!(
+        setpoint(&run(&problem), "a").1,
+        Binding::Invalid(_)
+    ));
+}
+
+#[test]
 fn invalid_evses_get_zero_and_do_not_disturb_others() {
     let mut nan = evse("nan", 0, three_phase(), f64::NAN, 32.0);
     nan.energy_wh = 1.0;
@@ -718,6 +789,7 @@ struct EvseSpec {
     may_pause: bool,
     energy_wh: f64,
     rotation: Option<(bool, i64)>,
+    plan_a: Option<f64>,
 }
 
 fn evse_spec() -> impl Strategy<Value = EvseSpec> {
@@ -730,6 +802,7 @@ fn evse_spec() -> impl Strategy<Value = EvseSpec> {
         ),
         (0u8..3, prop::bool::weighted(0.9), 0.0..20_000.0_f64),
         prop::option::of((any::<bool>(), -600i64..=0)),
+        prop::option::weighted(0.3, 0.0..40.0_f64),
     )
         .prop_map(
             |(
@@ -737,6 +810,7 @@ fn evse_spec() -> impl Strategy<Value = EvseSpec> {
                 (min_a, span_a, weight),
                 (priority, may_pause, energy_wh),
                 rotation,
+                plan_a,
             )| EvseSpec {
                 node_pick,
                 wiring_pick,
@@ -750,6 +824,7 @@ fn evse_spec() -> impl Strategy<Value = EvseSpec> {
                 may_pause,
                 energy_wh,
                 rotation,
+                plan_a,
             },
         )
 }
@@ -846,6 +921,7 @@ fn build(spec: &TreeSpec, now_s: i64) -> Problem {
                 priority: s.priority,
                 weight: s.weight,
                 energy_wh: s.energy_wh,
+                plan_a: s.plan_a,
             }
         })
         .collect();
