@@ -997,3 +997,108 @@ proptest! {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Max-min fairness against an independent reference: a sequence of LPs (clarabel)
+// ---------------------------------------------------------------------------------------------
+
+/// The weighted lexicographic max-min allocation of `a_i / w_i` over `a_i ∈ [min_i, max_i]`
+/// and every node and line limit, by progressive filling with LPs: maximise the common level
+/// `t` of the unfixed EVSEs, fix those that cannot rise above it, repeat.
+fn lp_max_min(problem: &Problem) -> Option<Vec<f64>> {
+    use good_lp::{Expression, ProblemVariables, Solution, SolverModel, Variable, variable};
+    let h = headroom(problem);
+    let n = problem.evses.len();
+    let mut fixed: Vec<Option<f64>> = vec![None; n];
+    let solve = |fixed: &[Option<f64>],
+                 floor: Option<f64>,
+                 target: Option<usize>|
+     -> Option<(f64, Vec<f64>)> {
+        let mut vars = ProblemVariables::new();
+        let a: Vec<Variable> = problem
+            .evses
+            .iter()
+            .enumerate()
+            .map(|(i, e)| match fixed[i] {
+                Some(v) => vars.add(variable().min(v).max(v)),
+                None => vars.add(variable().min(e.min_a).max(e.max_a)),
+            })
+            .collect();
+        let t = vars.add(variable().min(0.0).max(1e4));
+        let objective: Expression = match target {
+            Some(i) => a[i].into(),
+            None => t.into(),
+        };
+        let mut model = vars.maximise(objective).using(good_lp::clarabel);
+        for (i, e) in problem.evses.iter().enumerate() {
+            if fixed[i].is_none() {
+                let level: Expression = match floor {
+                    Some(f) => Expression::from(e.weight * f),
+                    None => Expression::from(t) * e.weight,
+                };
+                model.add_constraint(Expression::from(a[i]).geq(level));
+            }
+        }
+        for (nd, hn) in h.iter().enumerate() {
+            for line in Line::ALL {
+                let mut row = Expression::default();
+                let mut any = false;
+                for (i, e) in problem.evses.iter().enumerate() {
+                    let c = e.circuit.line_coefficients(e.ev_phases)[line];
+                    if c > 0.0 && path(problem, e.node).contains(&nd) {
+                        row.add_mul(c, a[i]);
+                        any = true;
+                    }
+                }
+                if any {
+                    model.add_constraint(row.leq(hn[line]));
+                }
+            }
+        }
+        let sol = model.solve().ok()?;
+        Some((sol.value(t), a.iter().map(|&v| sol.value(v)).collect()))
+    };
+    while fixed.iter().any(Option::is_none) {
+        let (level, _) = solve(&fixed, None, None)?;
+        let mut progressed = false;
+        for i in 0..n {
+            if fixed[i].is_some() {
+                continue;
+            }
+            let (_, best) = solve(&fixed, Some(level), Some(i))?;
+            let e = &problem.evses[i];
+            if best[i] / e.weight <= level + 1e-6 {
+                fixed[i] = Some((e.weight * level).clamp(e.min_a, e.max_a));
+                progressed = true;
+            }
+        }
+        if !progressed {
+            return None;
+        }
+    }
+    Some(fixed.into_iter().map(|v| v.unwrap_or(0.0)).collect())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// With at most six EVSEs that all charge, allocate() equals the LP reference.
+    #[test]
+    fn matches_lp_reference_max_min_on_trees(spec in tree_spec()) {
+        let mut spec = spec;
+        spec.evses.truncate(6);
+        for e in &mut spec.evses {
+            e.rotation = None;
+            e.plan_a = None;
+        }
+        let problem = build(&spec, 0);
+        let alloc = run(&problem);
+        prop_assume!(alloc.setpoints.iter().all(|s| is_charging(&s.bound)));
+        let Some(reference) = lp_max_min(&problem) else {
+            return Err(TestCaseError::fail("the LP reference failed to solve"));
+        };
+        for (s, r) in alloc.setpoints.iter().zip(&reference) {
+            prop_assert!((s.amps - r).abs() < 1e-4, "{}: allocate {} vs LP {}", s.evse, s.amps, r);
+        }
+    }
+}
