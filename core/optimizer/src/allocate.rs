@@ -8,7 +8,11 @@
 //! than its children. A node's **headroom** on a line is `limit − uncontrolled`, floored at 0
 //! (NaN counts as 0). An EVSE drawing `I` amps per phase loads every node on its path to the root
 //! (its own node and all ancestors) with [`StationCircuit::line_load`]`(ev_phases, I)`. A
-//! constraint is one (node, line) pair.
+//! constraint is one (node, line) pair. A node's limit is [`effective_limit`]: per line the
+//! minimum of its physical limit and every active [`LimitConstraint`] (demand response,
+//! policies, operator overrides), with the source named per line; its uncontrolled load is
+//! [`uncontrolled_load`]: measured minus controlled plus the reserved draw of non-compliant
+//! EVSEs.
 //!
 //! # Rule precedence
 //!
@@ -77,13 +81,100 @@ pub struct Node {
     pub id: String,
     /// Index of the parent node; `None` only for node 0, the grid connection.
     pub parent: Option<usize>,
-    /// Effective per-line limit in amps, already the minimum of all sources.
+    /// Effective per-line limit in amps, already the minimum of all sources
+    /// ([`effective_limit`]).
     pub limit: PerLine,
-    /// Which source set `limit` (e.g. `"physical"`, `"dr:event-7"`); carried into bindings.
-    pub limit_source: String,
-    /// Load on this node that Loadstar does not control (including the reserved draw of
-    /// non-compliant EVSEs), per line; subtracted from the headroom.
+    /// Which source set `limit` on each line (e.g. `"physical"`, `"dr:event-7"`); carried into
+    /// bindings.
+    pub limit_source: LineSources,
+    /// Load on this node that Loadstar does not control, plus the reserved draw of
+    /// non-compliant EVSEs, per line ([`uncontrolled_load`]); subtracted from the headroom.
     pub uncontrolled: PerLine,
+}
+
+/// The source of a node's limit on each line, `[L1, L2, L3]`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct LineSources(pub [String; 3]);
+
+impl LineSources {
+    /// The source on `line`.
+    pub fn get(&self, line: Line) -> &str {
+        &self.0[line.index()]
+    }
+}
+
+impl From<&str> for LineSources {
+    /// The same source on every line.
+    fn from(source: &str) -> Self {
+        LineSources([source.to_owned(), source.to_owned(), source.to_owned()])
+    }
+}
+
+impl From<String> for LineSources {
+    fn from(source: String) -> Self {
+        source.as_str().into()
+    }
+}
+
+/// A time-bounded limit on a node from some source: demand response, a policy plugin, an
+/// operator override.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LimitConstraint {
+    /// Where it comes from, reported in bindings (e.g. `"dr:event-7"`, `"override"`).
+    pub source: String,
+    /// The limit per line (A). NaN or negative counts as 0: a broken input never loosens.
+    pub limit: PerLine,
+    /// Active from this time (seconds, caller's clock), inclusive.
+    pub from_s: i64,
+    /// Active until this time, exclusive.
+    pub until_s: i64,
+}
+
+impl LimitConstraint {
+    /// Whether it applies at `now_s`.
+    pub fn is_active(&self, now_s: i64) -> bool {
+        self.from_s <= now_s && now_s < self.until_s
+    }
+}
+
+/// The effective limit of a node at `now_s`: per line, the minimum of the physical limit
+/// (source `"physical"`) and every active constraint, with the source that set it. On a tie
+/// the physical limit, then the earlier constraint, is named. A NaN or negative value counts
+/// as 0.
+pub fn effective_limit(
+    physical: PerLine,
+    constraints: &[LimitConstraint],
+    now_s: i64,
+) -> (PerLine, LineSources) {
+    let clean = |v: f64| if v.is_nan() { 0.0 } else { v.max(0.0) };
+    let mut limit = physical.map(clean);
+    let mut sources = LineSources::from("physical");
+    for c in constraints.iter().filter(|c| c.is_active(now_s)) {
+        for line in Line::ALL {
+            let v = clean(c.limit[line]);
+            if v < limit[line] {
+                limit[line] = v;
+                sources.0[line.index()] = c.source.clone();
+            }
+        }
+    }
+    (limit, sources)
+}
+
+/// The load a node carries that Loadstar does not control: what its meter measures minus what
+/// the controlled EVSEs under it are measured to draw, plus the reserved draw of EVSEs found
+/// non-compliant (they are left out of the problem and counted at what they really draw).
+///
+/// Not floored at 0: PV export behind the meter legitimately lowers it. NaN (a missing
+/// reading) must be replaced by the caller's worst case before it gets here; NaN is returned
+/// as NaN and then counts as no headroom.
+pub fn uncontrolled_load(
+    measured: PerLine,
+    measured_controlled: PerLine,
+    reserved_noncompliant: PerLine,
+) -> PerLine {
+    measured - measured_controlled + reserved_noncompliant
 }
 
 /// One controllable EVSE (connector) with an EV.
@@ -177,7 +268,7 @@ pub enum Binding {
         node: String,
         /// The tight line.
         line: Line,
-        /// The node's `limit_source`.
+        /// The node's `limit_source` on that line.
         source: String,
     },
     /// The EVSE is at its own `max_a`.
@@ -1131,6 +1222,6 @@ fn node_binding(problem: &Problem, nd: usize, line: Line) -> Binding {
     Binding::Node {
         node: node.id.clone(),
         line,
-        source: node.limit_source.clone(),
+        source: node.limit_source.get(line).to_owned(),
     }
 }

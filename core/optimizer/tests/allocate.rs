@@ -2,8 +2,8 @@
 //! rotation over simulated ticks, and properties on random trees.
 
 use loadstar_optimizer::allocate::{
-    AllocateError, Allocation, Binding, Evse, Node, PauseReason, Problem, Rotation, RotationEntry,
-    allocate,
+    AllocateError, Allocation, Binding, Evse, LimitConstraint, Node, PauseReason, Problem,
+    Rotation, RotationEntry, allocate, effective_limit, uncontrolled_load,
 };
 use loadstar_optimizer::model::{ElectricalModel, Line, PerLine, StationCircuit, StationWiring};
 use proptest::prelude::*;
@@ -33,7 +33,7 @@ fn node(id: &str, parent: Option<usize>, limit: PerLine, source: &str) -> Node {
         id: id.to_owned(),
         parent,
         limit,
-        limit_source: source.to_owned(),
+        limit_source: source.into(),
         uncontrolled: PerLine::ZERO,
     }
 }
@@ -320,7 +320,7 @@ fn feeder_limit_binds_before_site_limit() {
 
     // A demand-response event on the site now binds c, and its source is reported.
     problem.nodes[0].limit = PerLine::splat(40.0);
-    problem.nodes[0].limit_source = "dr:event-7".to_owned();
+    problem.nodes[0].limit_source = "dr:event-7".into();
     let alloc = run(&problem);
     assert_eq!(
         setpoint(&alloc, "a"),
@@ -524,6 +524,73 @@ fn safety_pauses_even_inside_dwell_and_may_pause_false_last() {
         }
     );
     check_invariants(&problem, &alloc).unwrap();
+}
+
+#[test]
+fn effective_limit_names_the_binding_source_per_line() {
+    let constraints = vec![
+        LimitConstraint {
+            source: "dr:event-7".into(),
+            limit: PerLine::splat(55.0),
+            from_s: 0,
+            until_s: 3_600,
+        },
+        LimitConstraint {
+            source: "override".into(),
+            limit: PerLine::splat(20.0),
+            from_s: -3_600,
+            until_s: 0, // expired at now = 0
+        },
+        LimitConstraint {
+            source: "policy:peak".into(),
+            limit: PerLine::new(70.0, 55.0, f64::NAN), // a NaN never loosens: it is 0
+            from_s: 0,
+            until_s: 60,
+        },
+    ];
+    let (limit, sources) = effective_limit(PerLine::new(50.0, 63.0, 63.0), &constraints, 0);
+    assert_eq!(limit, PerLine::new(50.0, 55.0, 0.0));
+    assert_eq!(sources.get(L1), "physical");
+    // On a tie the earlier constraint is named.
+    assert_eq!(sources.get(L2), "dr:event-7");
+    assert_eq!(sources.get(L3), "policy:peak");
+
+    // In allocate(), a binding names the source of its own line.
+    let (limit, sources) = effective_limit(PerLine::new(50.0, 63.0, 63.0), &constraints[..1], 0);
+    let mut site = node("site", None, limit, "unused");
+    site.limit_source = sources;
+    let l1 = evse(
+        "on-l1",
+        0,
+        wye_station(StationWiring::single_phase(L1)),
+        6.0,
+        80.0,
+    );
+    let l2 = evse(
+        "on-l2",
+        0,
+        wye_station(StationWiring::single_phase(L2)),
+        6.0,
+        80.0,
+    );
+    let problem = Problem::new(vec![site], vec![l1, l2], 0);
+    let alloc = run(&problem);
+    assert_eq!(
+        setpoint(&alloc, "on-l1"),
+        (50.0, node_bound("site", L1, "physical"))
+    );
+    assert_eq!(
+        setpoint(&alloc, "on-l2"),
+        (55.0, node_bound("site", L2, "dr:event-7"))
+    );
+
+    // Uncontrolled load: meter minus the controlled EVSEs plus the non-compliant reserve.
+    let u = uncontrolled_load(
+        PerLine::new(40.0, 30.0, -5.0),
+        PerLine::new(16.0, 16.0, 0.0),
+        PerLine::new(0.0, 10.0, 0.0),
+    );
+    assert_eq!(u, PerLine::new(24.0, 24.0, -5.0));
 }
 
 #[test]
