@@ -355,6 +355,78 @@ fn solve(problem: &PlanProblem, presence: &[Vec<f64>]) -> Result<Plan, String> {
         }
     }
 
+    // Node limits that can bind: more than one member (single members are already bounds),
+    // and the members' bounds together exceed the headroom. Where a node has several binding
+    // lines and several members that load all three lines alike (balanced three-phase), those
+    // members enter through one aggregate `y = Σ x`, so each appears in one row, not three:
+    // far fewer non-zeros for the solver to factorise.
+    let m = problem.nodes.len();
+    let coefs: Vec<PerLine> = problem
+        .evs
+        .iter()
+        .map(|ev| ev.circuit.line_coefficients(ev.ev_phases))
+        .collect();
+    let balanced: Vec<bool> = coefs.iter().map(|c| c.0 == [1.0; 3]).collect();
+    let mut node_rows: Vec<Vec<NodeRow>> = Vec::with_capacity(n_slots);
+    let mut aggregates: Vec<(usize, usize, Variable, Vec<usize>)> = Vec::new();
+    for t in 0..n_slots {
+        let mut members: Vec<Vec<usize>> = vec![Vec::new(); m];
+        let mut most = vec![PerLine::ZERO; m];
+        let mut count = vec![[0usize; 3]; m];
+        for (e, ev) in problem.evs.iter().enumerate() {
+            if x[e][t].is_none() {
+                continue;
+            }
+            for nd in path(ev.node) {
+                members[nd].push(e);
+                for line in Line::ALL {
+                    if coefs[e][line] > 0.0 {
+                        count[nd][line.index()] += 1;
+                        most[nd][line] += coefs[e][line] * upper[e][t];
+                    }
+                }
+            }
+        }
+        let mut rows = Vec::new();
+        for nd in 0..m {
+            let binding: Vec<(Line, f64)> = Line::ALL
+                .into_iter()
+                .filter_map(|line| {
+                    let h = headroom(nd, t, line);
+                    (count[nd][line.index()] >= 2 && h.is_finite() && most[nd][line] > h)
+                        .then_some((line, h))
+                })
+                .collect();
+            if binding.is_empty() {
+                continue;
+            }
+            let three: Vec<usize> = members[nd]
+                .iter()
+                .copied()
+                .filter(|&e| balanced[e])
+                .collect();
+            let aggregate = (binding.len() >= 2 && three.len() >= 2).then(|| {
+                let y = vars.add(variable().min(0.0));
+                aggregates.push((t, nd, y, three.clone()));
+                y
+            });
+            for (line, h) in binding {
+                let row_members = members[nd]
+                    .iter()
+                    .copied()
+                    .filter(|&e| coefs[e][line] > 0.0 && !(aggregate.is_some() && balanced[e]))
+                    .map(|e| (e, coefs[e][line]))
+                    .collect();
+                rows.push(NodeRow {
+                    members: row_members,
+                    aggregate,
+                    headroom: h,
+                });
+            }
+        }
+        node_rows.push(rows);
+    }
+
     let mut model = vars.minimise(objective).using(good_lp::clarabel);
     // Targets are rounded down by far more than this; looser than good_lp's 1e-9 saves
     // iterations.
@@ -375,48 +447,31 @@ fn solve(problem: &PlanProblem, presence: &[Vec<f64>]) -> Result<Plan, String> {
         }
         model.add_constraint((delivered + s).eq(wh_to_kwh(ev.energy_wh)));
     }
-    // Node limits that can bind: more than one member (single members are already bounds),
-    // and the members' bounds together exceed the headroom. Only those rows are built.
-    let m = problem.nodes.len();
-    let coefs: Vec<PerLine> = problem
-        .evs
-        .iter()
-        .map(|ev| ev.circuit.line_coefficients(ev.ev_phases))
-        .collect();
-    for t in 0..n_slots {
-        let mut members = vec![[0usize; 3]; m];
-        let mut most = vec![PerLine::ZERO; m];
-        for (e, ev) in problem.evs.iter().enumerate() {
-            if x[e][t].is_none() {
-                continue;
+    // Node limits.
+    for (t, rows) in node_rows.into_iter().enumerate() {
+        for row in rows {
+            let mut expr = Expression::with_capacity(row.members.len() + 1);
+            if let Some(y) = row.aggregate {
+                expr.add_mul(1.0, y);
             }
-            for nd in path(ev.node) {
-                for line in Line::ALL {
-                    if coefs[e][line] > 0.0 {
-                        members[nd][line.index()] += 1;
-                        most[nd][line] += coefs[e][line] * upper[e][t];
-                    }
+            for &(e, c) in &row.members {
+                if let Some(v) = x[e][t] {
+                    expr.add_mul(c, v);
                 }
+            }
+            model.add_constraint(expr.leq(row.headroom));
+        }
+    }
+    // Aggregates: y = Σ x over a node's three-phase members.
+    for (t, nd, y, members) in aggregates {
+        let mut expr = Expression::from(y);
+        for e in members {
+            if let Some(v) = x[e][t] {
+                expr.add_mul(-1.0, v);
             }
         }
-        for nd in 0..m {
-            for line in Line::ALL {
-                let h = headroom(nd, t, line);
-                if members[nd][line.index()] < 2 || !h.is_finite() || most[nd][line] <= h {
-                    continue;
-                }
-                let mut row = Expression::with_capacity(members[nd][line.index()]);
-                for (e, ev) in problem.evs.iter().enumerate() {
-                    if let Some(v) = x[e][t]
-                        && coefs[e][line] > 0.0
-                        && path(ev.node).any(|p| p == nd)
-                    {
-                        row.add_mul(coefs[e][line], v);
-                    }
-                }
-                model.add_constraint(row.leq(h));
-            }
-        }
+        debug_assert!(nd < problem.nodes.len());
+        model.add_constraint(expr.eq(0.0));
     }
     // Grid energy beyond the surplus.
     for (t, slot) in slots.iter().enumerate() {
@@ -484,6 +539,13 @@ fn solve(problem: &PlanProblem, presence: &[Vec<f64>]) -> Result<Plan, String> {
         energy_wh: energy_total,
         solar_wh,
     })
+}
+
+/// One node-line-slot limit row: `aggregate + Σ coef · x ≤ headroom`.
+struct NodeRow {
+    members: Vec<(usize, f64)>,
+    aggregate: Option<good_lp::Variable>,
+    headroom: f64,
 }
 
 fn validate(problem: &PlanProblem) -> Result<(), String> {
