@@ -12,8 +12,11 @@
 //! * `0 ≤ x[e][t] ≤ max_a · f[e][t]`, with `f` the share of the slot inside the window
 //!   (arrival to departure), so a half-present slot allows half the energy;
 //! * every node, line and slot: `Σ coef · x ≤ headroom` (forecast limit minus forecast
-//!   uncontrolled load, DR and policy limits folded in by the caller);
-//! * every EV: `Σ_t energy(x[e][t]) + s[e] ≥ need[e]`, and the delivered energy at most `need`;
+//!   uncontrolled load, DR and policy limits folded in by the caller). Rows that cannot bind
+//!   are left out, one-member rows become bounds, and balanced three-phase members of a node
+//!   with several binding lines enter through one aggregate `y = Σ x` (fewer non-zeros);
+//! * every EV: `Σ_t energy(x[e][t]) + s[e] = need[e]` with `0 ≤ s[e] ≤ need[e]`, so nothing is
+//!   delivered beyond the need;
 //! * every slot with a surplus: `g[t] ≥ Σ_e energy(x[e][t]) − surplus[t]`, `g ≥ 0`.
 //!
 //! Objective, in order of weight:
