@@ -71,6 +71,45 @@ use crate::model::{Line, PerLine, StationCircuit};
 /// Default minimum time between pausing and resuming one EVSE, in seconds.
 pub const DEFAULT_DWELL_S: i64 = 300;
 
+/// The IEC 61851 minimum AC charging current (A), below which a charger pauses.
+pub const DEFAULT_MIN_A: f64 = 6.0;
+
+/// What bounds one EVSE's current, from every source the controller knows; gives the
+/// [`Evse::min_a`] and [`Evse::max_a`] of a problem.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct EvseLimits {
+    /// The charger's rating for this EVSE (A per phase).
+    pub charger_a: f64,
+    /// The cable's rating (proximity pilot), if known.
+    pub cable_a: Option<f64>,
+    /// The EV's maximum (ISO 15118 `evMaxCurrent`), if known.
+    pub ev_max_a: Option<f64>,
+    /// The EV's minimum (ISO 15118 `evMinCurrent`), if known; otherwise [`DEFAULT_MIN_A`].
+    pub ev_min_a: Option<f64>,
+    /// A cap learned from the EV drawing less than it was offered, if any.
+    pub learned_cap_a: Option<f64>,
+}
+
+impl EvseLimits {
+    /// The smallest of the known maxima. Unknown or non-finite values are ignored, except the
+    /// charger's, which is always taken (a NaN rating makes the EVSE invalid in `allocate`).
+    pub fn max_a(&self) -> f64 {
+        [self.cable_a, self.ev_max_a, self.learned_cap_a]
+            .into_iter()
+            .flatten()
+            .filter(|v| v.is_finite())
+            .fold(self.charger_a, f64::min)
+    }
+
+    /// The EV's minimum, or the IEC 61851 6 A. An EV whose maximum is below its minimum cannot
+    /// charge: allocate() marks it invalid.
+    pub fn min_a(&self) -> f64 {
+        self.ev_min_a
+            .filter(|v| v.is_finite() && *v >= 0.0)
+            .unwrap_or(DEFAULT_MIN_A)
+    }
+}
+
 /// A constraint within this many amps of its headroom counts as tight.
 pub const TIGHT_TOLERANCE_A: f64 = 1e-7;
 

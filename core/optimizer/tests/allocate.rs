@@ -2,8 +2,8 @@
 //! rotation over simulated ticks, and properties on random trees.
 
 use loadstar_optimizer::allocate::{
-    AllocateError, Allocation, Binding, Evse, LimitConstraint, Node, PauseReason, Problem,
-    Rotation, RotationEntry, allocate, effective_limit, uncontrolled_load,
+    AllocateError, Allocation, Binding, Evse, EvseLimits, LimitConstraint, Node, PauseReason,
+    Problem, Rotation, RotationEntry, allocate, effective_limit, uncontrolled_load,
 };
 use loadstar_optimizer::model::{ElectricalModel, Line, PerLine, StationCircuit, StationWiring};
 use proptest::prelude::*;
@@ -591,6 +591,25 @@ fn effective_limit_names_the_binding_source_per_line() {
         PerLine::new(0.0, 10.0, 0.0),
     );
     assert_eq!(u, PerLine::new(24.0, 24.0, -5.0));
+}
+
+#[test]
+fn evse_limits_take_the_smallest_known_maximum() {
+    let mut l = EvseLimits {
+        charger_a: 32.0,
+        ..Default::default()
+    };
+    assert_eq!((l.min_a(), l.max_a()), (6.0, 32.0));
+    l.cable_a = Some(20.0);
+    l.ev_max_a = Some(16.0);
+    assert_eq!(l.max_a(), 16.0);
+    l.learned_cap_a = Some(10.5);
+    l.ev_min_a = Some(8.0);
+    assert_eq!((l.min_a(), l.max_a()), (8.0, 10.5));
+    // Garbage from a station never loosens: NaN maxima are ignored, a NaN minimum is 6 A.
+    l.learned_cap_a = Some(f64::NAN);
+    l.ev_min_a = Some(f64::NAN);
+    assert_eq!((l.min_a(), l.max_a()), (6.0, 16.0));
 }
 
 #[test]
