@@ -4,5 +4,6 @@
 //! `loadstar`, so that `loadstar demo` and `loadstar simulate` can use it.
 
 pub mod client;
+pub mod ev;
 pub mod loadgen;
 pub mod profile;
