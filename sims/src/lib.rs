@@ -7,3 +7,4 @@ pub mod client;
 pub mod ev;
 pub mod loadgen;
 pub mod profile;
+pub mod station;
