@@ -1,4 +1,4 @@
-//! `loadstar-sims`: simulated stations and the load generator.
+//! `loadstar-sims`: simulated stations, EVs, the site and its meters, and the load generator.
 //!
 //! Invariant: depends on the two pure crates (`loadstar-ocpp`, `loadstar-optimizer`), never on
 //! `loadstar`, so that `loadstar demo` and `loadstar simulate` can use it.
@@ -6,5 +6,7 @@
 pub mod client;
 pub mod ev;
 pub mod loadgen;
+pub mod meter;
 pub mod profile;
+pub mod site;
 pub mod station;
