@@ -8,5 +8,6 @@ pub mod ev;
 pub mod loadgen;
 pub mod meter;
 pub mod profile;
+pub mod scenario;
 pub mod site;
 pub mod station;
