@@ -358,7 +358,36 @@ impl ProfileStore {
         circuit: &StationCircuit,
     ) -> Option<Limit> {
         let anchor = transaction.map_or(at, |t| t.started);
-        self.limit_anchored(evse, at, transaction, anchor, circuit)
+        self.limit_anchored(evse, at, transaction, anchor, circuit, true)
+    }
+
+    /// [`Self::limit_at`] without the station-wide caps installed on EVSE 0: what this EVSE's
+    /// own and default profiles allow, before the station shares its cap among its EVSEs.
+    pub fn evse_limit_at(
+        &self,
+        evse: u32,
+        at: DateTime<Utc>,
+        transaction: Option<&Transaction>,
+        circuit: &StationCircuit,
+    ) -> Option<Limit> {
+        let anchor = transaction.map_or(at, |t| t.started);
+        self.limit_anchored(evse, at, transaction, anchor, circuit, false)
+    }
+
+    /// The station-wide cap at `at` (ChargePointMax / ChargingStationMax and external
+    /// constraints on EVSE 0), amps per phase for the whole station.
+    pub fn station_cap_at(&self, at: DateTime<Utc>, circuit: &StationCircuit) -> Option<Limit> {
+        [Purpose::StationMax, Purpose::ExternalConstraints]
+            .into_iter()
+            .filter_map(|purpose| {
+                self.installed
+                    .iter()
+                    .filter(|i| i.evse == 0 && i.profile.purpose == purpose)
+                    .filter_map(|i| Some((i.profile.stack_level, period_at(i, at, at)?)))
+                    .max_by_key(|(level, _)| *level)
+                    .map(|(_, (limit, unit, phases))| to_amps(limit, unit, phases, circuit))
+            })
+            .reduce(|a, b| if b.amps < a.amps { b } else { a })
     }
 
     /// [`Self::limit_at`] with Relative schedules anchored at `anchor` (the transaction's start,
@@ -370,12 +399,14 @@ impl ProfileStore {
         transaction: Option<&Transaction>,
         anchor: DateTime<Utc>,
         circuit: &StationCircuit,
+        caps_from_zero: bool,
     ) -> Option<Limit> {
-        let applies = |i: &&Installed| i.evse == evse || i.evse == 0;
         let best = |purpose: Purpose| -> Option<Limit> {
             self.installed
                 .iter()
-                .filter(applies)
+                .filter(|i| {
+                    i.evse == evse || (i.evse == 0 && (caps_from_zero || !purpose.is_cap()))
+                })
                 .filter(|i| i.profile.purpose == purpose)
                 .filter(|i| {
                     purpose != Purpose::Tx
@@ -430,7 +461,7 @@ impl ProfileStore {
         let mut periods: Vec<CompositePeriod> = Vec::new();
         for at in cuts {
             let limit = self
-                .limit_anchored(evse, at, transaction, anchor, circuit)
+                .limit_anchored(evse, at, transaction, anchor, circuit, true)
                 .unwrap_or(Limit {
                     amps: hardware_max_amps,
                     phases: all_phases,

@@ -756,7 +756,8 @@ impl StationSim {
         let dt = (now - self.last_tick).num_milliseconds().max(0) as f64 / 1000.0;
         self.last_tick = now;
         let circuit = self.config.circuit;
-        for index in 0..self.evses.len() {
+        let targets = self.targets(now);
+        for (index, &target) in targets.iter().enumerate() {
             // Energy over the interval just ended, at the draw fixed at its start.
             {
                 let e = &mut self.evses[index];
@@ -767,7 +768,6 @@ impl StationSim {
                     e.register_wh += step.wh;
                 }
             }
-            let target = self.target_amps(index, now);
             let ramp_delay = chrono::Duration::from_std(self.config.ramp_delay)
                 .unwrap_or(chrono::Duration::zero());
             let e = &mut self.evses[index];
@@ -1097,14 +1097,46 @@ impl StationSim {
 
     /// What the installed profiles allow on EVSE `index` now, after the quirks.
     fn target_amps(&self, index: usize, now: DateTime<Utc>) -> f64 {
+        self.targets(now)[index]
+    }
+
+    /// What the installed profiles allow on every EVSE now, after the quirks. A station-wide
+    /// cap (ChargePointMax / ChargingStationMax on EVSE 0) is the whole station's: it is shared
+    /// by water-filling among the EVSEs with a session, so together they stay under it.
+    fn targets(&self, now: DateTime<Utc>) -> Vec<f64> {
         let hw = self.config.hardware_max_amps;
         if self.config.quirks.ignores_profiles {
-            return hw;
+            return vec![hw; self.evses.len()];
         }
-        let tx = self.transaction(index);
-        self.store
-            .limit_at(self.evses[index].id, now, tx.as_ref(), &self.config.circuit)
-            .map_or(hw, |l| l.amps.min(hw))
+        let circuit = &self.config.circuit;
+        let mut own: Vec<f64> = (0..self.evses.len())
+            .map(|i| {
+                let tx = self.transaction(i);
+                self.store
+                    .evse_limit_at(self.evses[i].id, now, tx.as_ref(), circuit)
+                    .map_or(hw, |l| l.amps.min(hw))
+            })
+            .collect();
+        let Some(cap) = self.store.station_cap_at(now, circuit) else {
+            return own;
+        };
+        let mut active: Vec<usize> = (0..self.evses.len())
+            .filter(|&i| self.evses[i].session.is_some())
+            .collect();
+        active.sort_by(|&a, &b| own[a].total_cmp(&own[b]));
+        let mut left = cap.amps.max(0.0);
+        for (k, &i) in active.iter().enumerate() {
+            let share = left / (active.len() - k) as f64;
+            own[i] = own[i].min(share);
+            left -= own[i];
+        }
+        // EVSEs without a session would get at most the whole cap.
+        for (i, amps) in own.iter_mut().enumerate() {
+            if self.evses[i].session.is_none() {
+                *amps = amps.min(cap.amps);
+            }
+        }
+        own
     }
 
     /// A snapshot for tests and runners.
@@ -1418,17 +1450,15 @@ impl StationSim {
             e if e <= self.config.evse_count => self.transaction(e as usize - 1),
             _ => None,
         };
-        let before: Vec<f64> = (0..self.evses.len())
-            .map(|i| self.target_amps(i, now))
-            .collect();
+        let before = self.targets(now);
         let saved = self.store.clone();
         if let Err(e) = self.store.install(evse, profile.clone(), tx.as_ref(), now) {
             return refuse(e.to_string());
         }
         if q.ignores_raise_after_zero {
             let mut swallow = false;
-            for (i, &was) in before.iter().enumerate() {
-                let now_amps = self.target_amps(i, now);
+            let after = self.targets(now);
+            for (i, (&was, &now_amps)) in before.iter().zip(&after).enumerate() {
                 if was == 0.0 && now_amps > 0.0 && !self.evses[i].raise_swallowed {
                     self.evses[i].raise_swallowed = true;
                     swallow = true;

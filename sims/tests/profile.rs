@@ -624,3 +624,39 @@ fn composite_converts_to_both_wire_forms() {
     assert_eq!(c.limit_after(59), Some(10.0));
     assert_eq!(c.limit_after(60), Some(6.5));
 }
+
+#[test]
+fn station_cap_is_separate_from_the_evse_view_for_sharing() {
+    let now = t(9, 0);
+    let mut store = ProfileStore::new(Rules::V16, 2, 8);
+    store
+        .install(
+            0,
+            absolute(1, 0, Purpose::StationMax, t(0, 0), None, &[(0, 20.0)]),
+            None,
+            now,
+        )
+        .unwrap();
+    store
+        .install(
+            0,
+            absolute(2, 0, Purpose::TxDefault, t(0, 0), None, &[(0, 16.0)]),
+            None,
+            now,
+        )
+        .unwrap();
+    let c = three_phase();
+    assert_eq!(store.limit_at(1, now, None, &c).map(|l| l.amps), Some(16.0));
+    assert_eq!(
+        store.evse_limit_at(1, now, None, &c).map(|l| l.amps),
+        Some(16.0)
+    );
+    assert_eq!(store.station_cap_at(now, &c).map(|l| l.amps), Some(20.0));
+    store.clear(&ClearFilter {
+        id: Some(2),
+        ..Default::default()
+    });
+    // Without a default, the EVSE view has no limit of its own; the per-EVSE view keeps the cap.
+    assert_eq!(store.evse_limit_at(1, now, None, &c), None);
+    assert_eq!(store.limit_at(1, now, None, &c).map(|l| l.amps), Some(20.0));
+}

@@ -917,3 +917,70 @@ async fn tcp_dialer_boots_over_a_real_socket_on_loopback() {
     drop(station.commands);
     let _ = tokio::time::timeout(Duration::from_secs(10), station.task).await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn two_evses_share_the_station_cap_and_keep_their_own_tx_profiles() {
+    let mut c = config(OcppVersion::V16, Quirks::default());
+    c.evse_count = 2;
+    let mut rig = Rig::new(c).await;
+    assert_eq!(rig.csms.count("StatusNotification"), 2);
+    for evse in [1, 2] {
+        rig.station
+            .commands
+            .send(Command::PlugIn {
+                evse,
+                spec: EvSpec::typical(0.2, 0.9),
+                id_tag: format!("TAG{evse}"),
+            })
+            .await
+            .unwrap();
+        assert!(rig.csms.serve(Duration::from_secs(3)).await);
+    }
+    let amps = |rig: &Rig| -> Vec<f64> {
+        rig.station
+            .snapshot
+            .borrow()
+            .evses
+            .iter()
+            .map(|e| e.measured_amps)
+            .collect()
+    };
+    assert_eq!(amps(&rig), vec![16.0, 16.0]);
+    let ids: Vec<_> = rig
+        .station
+        .snapshot
+        .borrow()
+        .evses
+        .iter()
+        .map(|e| e.transaction_id.clone())
+        .collect();
+    assert_eq!(ids, vec![Some("1".to_owned()), Some("2".to_owned())]);
+
+    // A 20 A ChargePointMaxProfile is for the whole station: 10 A each.
+    let mut cap = default_profile_v16(7, 20.0);
+    cap.cs_charging_profiles.charging_profile_purpose =
+        v16::ChargingProfilePurposeType::ChargePointMaxProfile;
+    assert_eq!(
+        rig.csms.call(&cap).await.unwrap().status,
+        v16::ChargingProfileStatus::Accepted
+    );
+    assert!(rig.csms.serve(Duration::from_secs(4)).await);
+    assert_eq!(amps(&rig), vec![10.0, 10.0]);
+
+    // A 6 A TxProfile on EVSE 2 only: EVSE 1 gets the rest of the cap, up to its car's 16 A.
+    let mut tx2 = tx_profile_v16(6.0, Some(2));
+    tx2.connector_id = 2;
+    assert_eq!(
+        rig.csms.call(&tx2).await.unwrap().status,
+        v16::ChargingProfileStatus::Accepted
+    );
+    assert!(rig.csms.serve(Duration::from_secs(4)).await);
+    assert_eq!(amps(&rig), vec![14.0, 6.0]);
+    // The TxProfile for transaction 2 is refused on EVSE 1.
+    let mut wrong = tx_profile_v16(6.0, Some(2));
+    wrong.cs_charging_profiles.charging_profile_id = 11;
+    assert_eq!(
+        rig.csms.call(&wrong).await.unwrap().status,
+        v16::ChargingProfileStatus::Rejected
+    );
+}
