@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod ev;
+pub mod kpi;
 pub mod loadgen;
 pub mod meter;
 pub mod profile;
