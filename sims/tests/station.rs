@@ -984,3 +984,35 @@ async fn two_evses_share_the_station_cap_and_keep_their_own_tx_profiles() {
         v16::ChargingProfileStatus::Rejected
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_whole_session_in_virtual_time_reports_what_the_car_took() {
+    let mut rig = Rig::new(config(OcppVersion::V16, Quirks::default())).await;
+    let answer = rig
+        .csms
+        .call(&v16::ChangeConfigurationRequest {
+            key: "MeterValueSampleInterval".into(),
+            value: "60".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(answer.status, v16::ConfigurationStatus::Accepted);
+    // 60 kWh from 20 % to 80 %: 36 kWh at 11.04 kW is about 3 h 16 min.
+    rig.plug_in(EvSpec::typical(0.2, 0.8)).await;
+    assert!(rig.csms.serve(Duration::from_secs(4 * 3600)).await);
+    let evse = rig.evse();
+    assert!((evse.soc.unwrap() - 0.8).abs() < 1e-9, "{evse:?}");
+    assert_eq!(evse.status, EvseStatus::SuspendedEv);
+    assert_eq!(evse.measured_amps, 0.0);
+    // The register holds exactly what the car took.
+    assert!((evse.register_wh - evse.delivered_wh.unwrap()).abs() < 1e-6);
+    assert!((evse.delivered_wh.unwrap() - 36_000.0).abs() < 1e-6);
+    // Four hours of minute samples (the interval counts from the session's start).
+    let samples = rig.csms.count("MeterValues");
+    assert!((239..=241).contains(&samples), "{samples}");
+    let last = rig.csms.last("MeterValues").unwrap();
+    assert_eq!(last["meterValue"][0]["sampledValue"][0]["value"], "36000");
+    // Heartbeats every 300 s as the boot answer said.
+    let beats = rig.csms.count("Heartbeat");
+    assert!((47..=49).contains(&beats), "{beats}");
+}
