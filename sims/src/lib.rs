@@ -8,6 +8,7 @@ pub mod ev;
 pub mod kpi;
 pub mod loadgen;
 pub mod meter;
+pub mod plot;
 pub mod profile;
 pub mod scenario;
 pub mod site;
