@@ -189,8 +189,14 @@ impl Default for Reporting {
 #[derive(Debug, Clone, PartialEq)]
 pub enum After {
     Boot,
-    Authorize { evse: u32 },
-    StartTransaction { evse: u32 },
+    Authorize {
+        evse: u32,
+    },
+    /// `number` tells the session apart from later ones on the same EVSE.
+    StartTransaction {
+        evse: u32,
+        number: u32,
+    },
     Nothing,
 }
 
@@ -200,12 +206,19 @@ pub struct Outgoing {
     pub action: &'static str,
     pub payload: Value,
     pub after: After,
+    /// Transaction messages are kept until the CSMS has them: queued while offline and sent
+    /// again when a connection fails before their answer (OCPP's offline behaviour).
+    pub keep: bool,
 }
+
+/// Most transaction messages held while offline; beyond, the oldest are dropped.
+pub const OFFLINE_QUEUE_CAPACITY: usize = 1000;
 
 #[derive(Debug, Clone, PartialEq)]
 struct Session {
     /// The id profiles and the CSMS know; for 1.6 only once StartTransaction is answered.
     id: Option<String>,
+    number: u32,
     started: DateTime<Utc>,
     seq_no: i32,
     id_tag: String,
@@ -285,6 +298,11 @@ pub struct StationSim {
     last_tick: DateTime<Utc>,
     transactions_started: u32,
     outbox: Vec<Outgoing>,
+    /// Transaction messages waiting for a connection.
+    offline_queue: std::collections::VecDeque<Outgoing>,
+    /// 1.6 sessions that ended before their StartTransaction was answered: the stop waits for
+    /// the transaction id. Keyed by session number.
+    stops_waiting: HashMap<u32, v16::StopTransactionRequest>,
 }
 
 impl StationSim {
@@ -333,6 +351,8 @@ impl StationSim {
             last_tick: now,
             transactions_started: 0,
             outbox: Vec::new(),
+            offline_queue: std::collections::VecDeque::new(),
+            stops_waiting: HashMap::new(),
         })
     }
 
@@ -387,7 +407,11 @@ impl StationSim {
     pub fn disconnected(&mut self) {
         self.online = false;
         self.booted = false;
-        self.outbox.clear();
+        // Transaction messages not yet handed to the connection wait for the next one.
+        let kept: Vec<Outgoing> = self.outbox.drain(..).filter(|o| o.keep).collect();
+        for message in kept.into_iter().rev() {
+            self.requeue(message);
+        }
     }
 
     /// A reboot: sessions end (the cars stay plugged in but stop), reporting and profiles
@@ -395,11 +419,8 @@ impl StationSim {
     pub fn reboot(&mut self, now: DateTime<Utc>) {
         self.disconnected();
         for i in 0..self.evses.len() {
-            if let Some(session) = self.evses[i].session.take()
-                && let Some(id) = &session.id
-            {
-                self.store.transaction_ended(self.evses[i].id, id);
-            }
+            // The stop (reason Reboot) is held and sent after the next boot.
+            self.end_session(i, now, Stopped::Reboot);
             let evse = &mut self.evses[i];
             evse.authorizing = None;
             evse.offered_amps = 0.0;
@@ -428,8 +449,14 @@ impl StationSim {
             return Err(StationError::Occupied(evse));
         }
         self.evses[index].ev = Some(ev);
-        self.evses[index].authorizing = Some(id_tag.to_owned());
         self.set_status(index, EvseStatus::Preparing, now);
+        if !(self.online && self.booted) {
+            // Offline: authorize locally (LocalAuthorizeOffline) and start charging.
+            tracing::info!(station = %self.config.id, evse, "offline: local authorization");
+            self.start_session(index, id_tag.to_owned(), now);
+            return Ok(());
+        }
+        self.evses[index].authorizing = Some(id_tag.to_owned());
         let payload = match self.config.version {
             OcppVersion::V16 => to_value(&v16::AuthorizeRequest {
                 id_tag: id_tag.to_owned(),
@@ -449,7 +476,7 @@ impl StationSim {
         if self.evses[index].ev.is_none() {
             return Err(StationError::Empty(evse));
         }
-        self.end_session(index, now);
+        self.end_session(index, now, Stopped::EvDisconnected);
         let e = &mut self.evses[index];
         e.ev = None;
         e.authorizing = None;
@@ -473,6 +500,7 @@ impl StationSim {
                 action,
                 payload,
                 after,
+                keep: false,
             }),
             Err(e) => tracing::warn!(station = %self.config.id, action, %e, "cannot encode"),
         }
@@ -484,6 +512,54 @@ impl StationSim {
         if self.online && self.booted {
             self.push(action, payload, After::Nothing);
         }
+    }
+
+    /// Queues a transaction message: sent now when booted, else held for the next connection.
+    fn push_kept(&mut self, action: &'static str, payload: Result<Value, Violation>, after: After) {
+        let Ok(mut payload) = payload else {
+            return self.push(action, payload, after);
+        };
+        let out = if self.online && self.booted {
+            &mut self.outbox
+        } else {
+            // 2.0.1 marks events that happened offline.
+            if action == "TransactionEvent"
+                && let Some(map) = payload.as_object_mut()
+            {
+                map.insert("offline".to_owned(), Value::Bool(true));
+            }
+            if self.offline_queue.len() >= OFFLINE_QUEUE_CAPACITY {
+                tracing::warn!(station = %self.config.id, "offline queue full: oldest message dropped");
+                self.offline_queue.pop_front();
+            }
+            self.offline_queue.push_back(Outgoing {
+                action,
+                payload,
+                after,
+                keep: true,
+            });
+            return;
+        };
+        out.push(Outgoing {
+            action,
+            payload,
+            after,
+            keep: true,
+        });
+    }
+
+    /// A kept message whose connection failed before its answer: it goes out again after the
+    /// next boot, ahead of newer ones.
+    pub fn requeue(&mut self, message: Outgoing) {
+        if self.offline_queue.len() >= OFFLINE_QUEUE_CAPACITY {
+            self.offline_queue.pop_back();
+        }
+        self.offline_queue.push_front(message);
+    }
+
+    /// Transaction messages held for the CSMS.
+    pub fn offline_queue_len(&self) -> usize {
+        self.offline_queue.len()
     }
 
     fn transaction(&self, index: usize) -> Option<Transaction> {
@@ -498,11 +574,13 @@ impl StationSim {
         self.transactions_started += 1;
         let evse = self.evses[index].id;
         let local_id = format!("{}-{evse}-{}", self.config.id, self.transactions_started);
+        let number = self.transactions_started;
         let session = Session {
             id: match self.config.version {
                 OcppVersion::V16 => None,
                 OcppVersion::V201 => Some(local_id.clone()),
             },
+            number,
             started: now,
             seq_no: 0,
             id_tag: id_tag.clone(),
@@ -526,13 +604,11 @@ impl StationSim {
                     timestamp: now,
                     ..Default::default()
                 });
-                if self.online && self.booted {
-                    self.push(
-                        "StartTransaction",
-                        payload,
-                        After::StartTransaction { evse },
-                    );
-                }
+                self.push_kept(
+                    "StartTransaction",
+                    payload,
+                    After::StartTransaction { evse, number },
+                );
             }
             OcppVersion::V201 => {
                 let payload = self.transaction_event(
@@ -547,7 +623,7 @@ impl StationSim {
                         Some(v201::ReadingContextEnum::TransactionBegin),
                     )]),
                 );
-                self.push_live("TransactionEvent", payload);
+                self.push_kept("TransactionEvent", payload, After::Nothing);
                 self.notify_charging_needs(index);
             }
         }
@@ -585,7 +661,7 @@ impl StationSim {
         self.push_live("NotifyEVChargingNeeds", payload);
     }
 
-    fn end_session(&mut self, index: usize, now: DateTime<Utc>) {
+    fn end_session(&mut self, index: usize, now: DateTime<Utc>, why: Stopped) {
         let Some(session) = self.evses[index].session.take() else {
             return;
         };
@@ -596,18 +672,27 @@ impl StationSim {
         let meter_stop = self.evses[index].register_wh.round() as i64;
         match self.config.version {
             OcppVersion::V16 => {
-                let Some(id) = session.id.as_ref().and_then(|id| id.parse::<i32>().ok()) else {
-                    return;
-                };
-                let payload = to_value(&v16::StopTransactionRequest {
+                let mut stop = v16::StopTransactionRequest {
                     id_tag: Some(session.id_tag.clone()),
                     meter_stop,
                     timestamp: now,
-                    transaction_id: id,
-                    reason: Some(v16::Reason::EVDisconnected),
+                    transaction_id: 0,
+                    reason: Some(match why {
+                        Stopped::EvDisconnected => v16::Reason::EVDisconnected,
+                        Stopped::Reboot => v16::Reason::Reboot,
+                    }),
                     ..Default::default()
-                });
-                self.push_live("StopTransaction", payload);
+                };
+                match session.id.as_ref().and_then(|id| id.parse::<i32>().ok()) {
+                    Some(id) => {
+                        stop.transaction_id = id;
+                        self.push_kept("StopTransaction", to_value(&stop), After::Nothing);
+                    }
+                    // Started offline and not yet answered: the stop waits for the id.
+                    None => {
+                        self.stops_waiting.insert(session.number, stop);
+                    }
+                }
             }
             OcppVersion::V201 => {
                 let mv = self.meter_value_v201(
@@ -618,15 +703,24 @@ impl StationSim {
                 );
                 // Put the session back just long enough to build the event from it.
                 self.evses[index].session = Some(session);
-                let payload = self.transaction_event(
+                let trigger = match why {
+                    Stopped::EvDisconnected => v201::TriggerReasonEnum::EVDeparted,
+                    Stopped::Reboot => v201::TriggerReasonEnum::ResetCommand,
+                };
+                let mut payload = self.transaction_event(
                     index,
                     v201::TransactionEventEnum::Ended,
-                    v201::TriggerReasonEnum::EVDeparted,
+                    trigger,
                     now,
                     Some(vec![mv]),
                 );
+                if why == Stopped::Reboot
+                    && let Ok(p) = payload.as_mut()
+                {
+                    p["transactionInfo"]["stoppedReason"] = Value::String("Reboot".into());
+                }
                 self.evses[index].session = None;
-                self.push_live("TransactionEvent", payload);
+                self.push_kept("TransactionEvent", payload, After::Nothing);
             }
         }
     }
@@ -720,6 +814,11 @@ impl StationSim {
                     for index in 0..self.evses.len() {
                         self.send_status(index, now);
                     }
+                    if !self.offline_queue.is_empty() {
+                        tracing::info!(station = %self.config.id,
+                            messages = self.offline_queue.len(), "sending what was held offline");
+                    }
+                    self.outbox.extend(self.offline_queue.drain(..));
                 }
             }
             After::Authorize { evse } => {
@@ -739,12 +838,18 @@ impl StationSim {
                     _ => tracing::info!(station = %self.config.id, evse, "not authorized"),
                 }
             }
-            After::StartTransaction { evse } => {
+            After::StartTransaction { evse, number } => {
                 let Ok(index) = self.index(evse) else { return };
-                if let Ok(r) = serde_json::from_value::<v16::StartTransactionResponse>(result)
-                    && let Some(session) = self.evses[index].session.as_mut()
+                let Ok(r) = serde_json::from_value::<v16::StartTransactionResponse>(result) else {
+                    return;
+                };
+                if let Some(session) = self.evses[index].session.as_mut()
+                    && session.number == number
                 {
                     session.id = Some(r.transaction_id.to_string());
+                } else if let Some(mut stop) = self.stops_waiting.remove(&number) {
+                    stop.transaction_id = r.transaction_id;
+                    self.push_kept("StopTransaction", to_value(&stop), After::Nothing);
                 }
             }
             After::Nothing => {}
@@ -831,7 +936,7 @@ impl StationSim {
                     transaction_id,
                     meter_value: vec![mv],
                 });
-                self.push_live("MeterValues", payload);
+                self.push_kept("MeterValues", payload, After::Nothing);
             }
             OcppVersion::V201 => {
                 let mv = self.meter_value_v201(
@@ -847,7 +952,7 @@ impl StationSim {
                     now,
                     Some(vec![mv]),
                 );
-                self.push_live("TransactionEvent", payload);
+                self.push_kept("TransactionEvent", payload, After::Nothing);
             }
         }
     }
@@ -1616,6 +1721,13 @@ impl StationSim {
     }
 }
 
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stopped {
+    EvDisconnected,
+    Reboot,
+}
+
 /// The stack level every simulated station advertises (the "level 0" quirk lies about it).
 pub const ADVERTISED_STACK_LEVEL: i32 = 8;
 
@@ -1738,6 +1850,11 @@ where
                         publish.send_replace(sim.snapshot(clock.now()));
                     }
                     () = tokio::time::sleep_until(until) => {}
+                    // Cars come and go offline too; faults wait until there is a connection.
+                    command = rx.recv() => match command {
+                        None => return,
+                        Some(command) => offline_command(&mut sim, command, clock.now()),
+                    },
                 }
             }
             let ws = match dial().await {
@@ -1783,6 +1900,21 @@ pub fn tcp_dialer(
     }
 }
 
+fn offline_command(sim: &mut StationSim, command: Command, now: DateTime<Utc>) {
+    let station = sim.config.id.clone();
+    let result = match command {
+        Command::PlugIn { evse, spec, id_tag } => sim.plug_in(evse, spec, &id_tag, now),
+        Command::Unplug { evse } => sim.unplug(evse, now),
+        Command::Fault(fault) => {
+            tracing::info!(%station, ?fault, "fault ignored while offline");
+            Ok(())
+        }
+    };
+    if let Err(e) = result {
+        tracing::warn!(%station, %e, "command refused");
+    }
+}
+
 enum Ended {
     Lost,
     Fault(Duration),
@@ -1802,15 +1934,15 @@ where
 {
     let station = sim.config.id.clone();
     let mut endpoint = Endpoint::new(sim.config.version, Role::Station, EndpointConfig::default());
-    let mut pending: HashMap<CallId, After> = HashMap::new();
+    let mut pending: HashMap<CallId, Outgoing> = HashMap::new();
     let mut deaf_until: Option<tokio::time::Instant> = None;
     sim.connected(clock.now());
     tracing::info!(%station, "connected");
     let ended = loop {
         for out in sim.take_outbox() {
-            match endpoint.call_raw(out.action, out.payload, Priority::Control) {
+            match endpoint.call_raw(out.action, out.payload.clone(), Priority::Control) {
                 Ok(id) => {
-                    pending.insert(id, out.after);
+                    pending.insert(id, out);
                 }
                 Err(e) => tracing::warn!(%station, action = out.action, %e, "call not queued"),
             }
@@ -1895,8 +2027,8 @@ where
                     };
                 }
                 Event::Response { call, result, .. } => {
-                    if let Some(after) = pending.remove(&call) {
-                        sim.handle_response(after, result, clock.now());
+                    if let Some(out) = pending.remove(&call) {
+                        answered(sim, out, result, clock.now());
                     }
                 }
                 Event::Refused { action, violation } => {
@@ -1907,6 +2039,29 @@ where
     };
     endpoint.close();
     sim.disconnected();
+    // Everything still queued or in flight fails with Closed; kept messages wait for the next
+    // connection.
+    while let Some(event) = endpoint.poll_event() {
+        if let Event::Response { call, result, .. } = event
+            && let Some(out) = pending.remove(&call)
+        {
+            answered(sim, out, result, clock.now());
+        }
+    }
     tracing::info!(%station, "disconnected");
     ended
+}
+
+/// Hands an answer to the simulator; a kept message that got none is queued again.
+fn answered(
+    sim: &mut StationSim,
+    out: Outgoing,
+    result: Result<Value, CallFailure>,
+    now: DateTime<Utc>,
+) {
+    if out.keep && matches!(result, Err(CallFailure::Timeout | CallFailure::Closed)) {
+        sim.requeue(out);
+    } else {
+        sim.handle_response(out.after, result, now);
+    }
 }

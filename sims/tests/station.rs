@@ -557,6 +557,10 @@ async fn reboot_ends_the_session_and_boots_again() {
         rig.csms.last("StatusNotification").unwrap()["status"],
         "Preparing"
     );
+    // The session the reboot ended is reported after the boot.
+    let stop = rig.csms.last("StopTransaction").unwrap();
+    assert_eq!(stop["transactionId"], 1);
+    assert_eq!(stop["reason"], "Reboot");
 }
 
 #[tokio::test(start_paused = true)]
@@ -1015,4 +1019,103 @@ async fn a_whole_session_in_virtual_time_reports_what_the_car_took() {
     // Heartbeats every 300 s as the boot answer said.
     let beats = rig.csms.count("Heartbeat");
     assert!((47..=49).contains(&beats), "{beats}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn transaction_messages_made_offline_reach_the_csms_after_the_next_boot() {
+    let mut c = config(OcppVersion::V16, Quirks::default());
+    c.evse_count = 2;
+    let mut rig = Rig::new(c).await;
+    rig.plug_in(EvSpec::typical(0.2, 0.9)).await;
+    assert_eq!(rig.evse().transaction_id.as_deref(), Some("1"));
+    rig.station
+        .commands
+        .send(Command::Fault(Fault::Disconnect(Duration::from_secs(120))))
+        .await
+        .unwrap();
+    assert!(!rig.csms.serve(Duration::from_secs(5)).await);
+    let before = rig.csms.received.len();
+    // Offline: car 1 leaves, a car arrives at EVSE 2 and leaves again, a third arrives at EVSE 1.
+    let send = |command| rig.station.commands.send(command);
+    send(Command::Unplug { evse: 1 }).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    send(Command::PlugIn {
+        evse: 2,
+        spec: EvSpec::typical(0.2, 0.9),
+        id_tag: "T2".into(),
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    // Authorized locally, it charges while offline.
+    assert_eq!(rig.station.snapshot.borrow().evses[1].measured_amps, 16.0);
+    send(Command::Unplug { evse: 2 }).await.unwrap();
+    send(Command::PlugIn {
+        evse: 1,
+        spec: EvSpec::typical(0.2, 0.9),
+        id_tag: "T3".into(),
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(rig.csms.received.len(), before);
+
+    // The same CSMS comes back: its transaction ids carry on.
+    let next = rig.csms.next_transaction;
+    rig.csms = Csms::accept(&mut rig.pipes, OcppVersion::V16).await;
+    rig.csms.next_transaction = next;
+    assert!(rig.csms.serve(Duration::from_secs(10)).await);
+    let sequence: Vec<(String, Value)> = rig
+        .csms
+        .received
+        .iter()
+        .filter(|(a, _)| a == "StartTransaction" || a == "StopTransaction")
+        .cloned()
+        .collect();
+    let actions: Vec<&str> = sequence.iter().map(|(a, _)| a.as_str()).collect();
+    assert_eq!(
+        actions,
+        vec![
+            "StopTransaction",
+            "StartTransaction",
+            "StartTransaction",
+            "StopTransaction"
+        ]
+    );
+    // The first stop is the online session's; the session that began and ended offline gets
+    // its stop once its start has an id (this CSMS hands out 2, then 3).
+    assert_eq!(sequence[0].1["transactionId"], 1);
+    assert_eq!(sequence[1].1["idTag"], "T2");
+    assert_eq!(sequence[2].1["idTag"], "T3");
+    assert_eq!(sequence[3].1["transactionId"], 2);
+    assert!(
+        sequence[3].1["meterStop"].as_i64().unwrap()
+            > sequence[1].1["meterStart"].as_i64().unwrap()
+    );
+    assert_eq!(rig.evse().transaction_id.as_deref(), Some("3"));
+    assert_eq!(rig.station.snapshot.borrow().evses[0].measured_amps, 16.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn v201_events_made_offline_are_marked_offline() {
+    let mut rig = Rig::new(config(OcppVersion::V201, Quirks::default())).await;
+    rig.plug_in(EvSpec::typical(0.2, 0.9)).await;
+    let tx_id = rig.evse().transaction_id.unwrap();
+    rig.station
+        .commands
+        .send(Command::Fault(Fault::Disconnect(Duration::from_secs(60))))
+        .await
+        .unwrap();
+    assert!(!rig.csms.serve(Duration::from_secs(5)).await);
+    rig.station
+        .commands
+        .send(Command::Unplug { evse: 1 })
+        .await
+        .unwrap();
+    rig.csms = Csms::accept(&mut rig.pipes, OcppVersion::V201).await;
+    assert!(rig.csms.serve(Duration::from_secs(5)).await);
+    let ended = rig.csms.last("TransactionEvent").unwrap();
+    assert_eq!(ended["eventType"], "Ended");
+    assert_eq!(ended["offline"], true);
+    assert_eq!(ended["transactionInfo"]["transactionId"], tx_id.as_str());
 }
