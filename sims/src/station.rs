@@ -294,6 +294,8 @@ pub struct StationSim {
     online: bool,
     booted: bool,
     next_heartbeat: DateTime<Utc>,
+    /// When to send BootNotification again after Pending or Rejected.
+    boot_retry: Option<DateTime<Utc>>,
     next_aligned: Option<DateTime<Utc>>,
     last_tick: DateTime<Utc>,
     transactions_started: u32,
@@ -347,6 +349,7 @@ impl StationSim {
             online: false,
             booted: false,
             next_heartbeat: now,
+            boot_retry: None,
             next_aligned: None,
             last_tick: now,
             transactions_started: 0,
@@ -374,15 +377,20 @@ impl StationSim {
     }
 
     /// A connection to the CSMS is up: boot first.
-    pub fn connected(&mut self, now: DateTime<Utc>) {
+    pub fn connected(&mut self) {
         self.online = true;
         self.booted = false;
+        self.boot_retry = None;
         self.outbox.clear();
         if self.config.quirks.drops_profiles_on_reconnect && !self.store.is_empty() {
             tracing::info!(station = %self.config.id, profiles = self.store.len(),
                 "quirk: dropping charging profiles on reconnect");
             self.store.clear_all();
         }
+        self.send_boot();
+    }
+
+    fn send_boot(&mut self) {
         let payload = match self.config.version {
             OcppVersion::V16 => to_value(&v16::BootNotificationRequest {
                 charge_point_vendor: self.config.vendor.clone(),
@@ -400,7 +408,6 @@ impl StationSim {
             }),
         };
         self.push(boot_action(), payload, After::Boot);
-        let _ = now;
     }
 
     /// The connection is gone. Queued messages are lost; the station keeps charging.
@@ -809,6 +816,11 @@ impl StationSim {
                     self.heartbeat_s = interval as u32;
                 }
                 self.next_heartbeat = now + secs(self.heartbeat_s);
+                if !accepted {
+                    tracing::info!(station = %self.config.id, retry_s = self.heartbeat_s,
+                        "boot not accepted; retrying");
+                    self.boot_retry = Some(now + secs(self.heartbeat_s));
+                }
                 if accepted {
                     self.booted = true;
                     for index in 0..self.evses.len() {
@@ -906,6 +918,14 @@ impl StationSim {
             self.sample(index, now);
         }
         self.aligned(now);
+        if self.online
+            && !self.booted
+            && let Some(retry) = self.boot_retry
+            && now >= retry
+        {
+            self.boot_retry = None;
+            self.send_boot();
+        }
         if self.online && self.booted && now >= self.next_heartbeat {
             self.next_heartbeat = now + secs(self.heartbeat_s);
             self.push_live("Heartbeat", Ok(serde_json::json!({})));
@@ -1936,7 +1956,7 @@ where
     let mut endpoint = Endpoint::new(sim.config.version, Role::Station, EndpointConfig::default());
     let mut pending: HashMap<CallId, Outgoing> = HashMap::new();
     let mut deaf_until: Option<tokio::time::Instant> = None;
-    sim.connected(clock.now());
+    sim.connected();
     tracing::info!(%station, "connected");
     let ended = loop {
         for out in sim.take_outbox() {

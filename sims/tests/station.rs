@@ -1119,3 +1119,34 @@ async fn v201_events_made_offline_are_marked_offline() {
     assert_eq!(ended["offline"], true);
     assert_eq!(ended["transactionInfo"]["transactionId"], tx_id.as_str());
 }
+
+#[test]
+fn a_pending_boot_is_retried_after_the_interval_and_nothing_else_is_sent_before() {
+    let mut sim = StationSim::new(config(OcppVersion::V16, Quirks::default()), start()).unwrap();
+    sim.connected();
+    let out = sim.take_outbox();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].action, "BootNotification");
+    sim.handle_response(
+        out[0].after.clone(),
+        Ok(json!({"status": "Pending", "currentTime": start(), "interval": 30})),
+        start(),
+    );
+    assert!(!sim.snapshot(start()).booted);
+    let later = |s| start() + chrono::Duration::seconds(s);
+    sim.tick(later(29));
+    assert!(sim.take_outbox().is_empty(), "nothing before the retry");
+    sim.tick(later(30));
+    let out = sim.take_outbox();
+    assert_eq!(
+        out.iter().map(|o| o.action).collect::<Vec<_>>(),
+        vec!["BootNotification"]
+    );
+    sim.handle_response(
+        out[0].after.clone(),
+        Ok(json!({"status": "Accepted", "currentTime": start(), "interval": 300})),
+        later(30),
+    );
+    assert!(sim.snapshot(later(30)).booted);
+    assert_eq!(sim.take_outbox()[0].action, "StatusNotification");
+}
