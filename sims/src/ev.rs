@@ -69,6 +69,14 @@ impl EvSpec {
         }
     }
 
+    /// The energy the driver wants added, Wh (before the battery's limit).
+    pub fn requested_wh(&self) -> f64 {
+        match self.target {
+            Target::Soc(s) => ((s - self.arrival_soc) * self.capacity_wh).max(0.0),
+            Target::EnergyWh(e) => e,
+        }
+    }
+
     fn validate(&self) -> Result<(), EvError> {
         let check = |field, value: f64, ok: bool, rule| {
             if value.is_finite() && ok {

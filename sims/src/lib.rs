@@ -4,6 +4,7 @@
 //! `loadstar`, so that `loadstar demo` and `loadstar simulate` can use it.
 
 pub mod client;
+pub mod drive;
 pub mod ev;
 pub mod kpi;
 pub mod loadgen;

@@ -371,13 +371,7 @@ pub struct Plan {
 impl Plan {
     /// Energy all visits ask for, Wh.
     pub fn requested_wh(&self) -> f64 {
-        self.visits
-            .iter()
-            .map(|v| match v.ev.target {
-                Target::Soc(s) => ((s - v.ev.arrival_soc) * v.ev.capacity_wh).max(0.0),
-                Target::EnergyWh(e) => e,
-            })
-            .sum()
+        self.visits.iter().map(|v| v.ev.requested_wh()).sum()
     }
 }
 

@@ -264,6 +264,9 @@ pub struct EvseSnapshot {
     pub measured_amps: f64,
     pub offered_amps: f64,
     pub target_amps: f64,
+    /// What the installed profiles command, whatever the station's quirks make of it (for
+    /// attributing non-compliance).
+    pub commanded_amps: f64,
     pub soc: Option<f64>,
     pub delivered_wh: Option<f64>,
     pub register_wh: f64,
@@ -276,6 +279,8 @@ pub struct EvseSnapshot {
 #[derive(Debug, Clone, PartialEq)]
 pub struct StationSnapshot {
     pub at: DateTime<Utc>,
+    /// SetChargingProfile calls received, accepted or not.
+    pub profiles_received: u32,
     pub online: bool,
     pub booted: bool,
     pub profiles: usize,
@@ -299,6 +304,7 @@ pub struct StationSim {
     next_aligned: Option<DateTime<Utc>>,
     last_tick: DateTime<Utc>,
     transactions_started: u32,
+    profiles_received: u32,
     outbox: Vec<Outgoing>,
     /// Transaction messages waiting for a connection.
     offline_queue: std::collections::VecDeque<Outgoing>,
@@ -353,6 +359,7 @@ impl StationSim {
             next_aligned: None,
             last_tick: now,
             transactions_started: 0,
+            profiles_received: 0,
             outbox: Vec::new(),
             offline_queue: std::collections::VecDeque::new(),
             stops_waiting: HashMap::new(),
@@ -1229,10 +1236,15 @@ impl StationSim {
     /// cap (ChargePointMax / ChargingStationMax on EVSE 0) is the whole station's: it is shared
     /// by water-filling among the EVSEs with a session, so together they stay under it.
     fn targets(&self, now: DateTime<Utc>) -> Vec<f64> {
-        let hw = self.config.hardware_max_amps;
         if self.config.quirks.ignores_profiles {
-            return vec![hw; self.evses.len()];
+            return vec![self.config.hardware_max_amps; self.evses.len()];
         }
+        self.commanded(now)
+    }
+
+    /// What the installed profiles allow on every EVSE, shared cap included, before the quirks.
+    fn commanded(&self, now: DateTime<Utc>) -> Vec<f64> {
+        let hw = self.config.hardware_max_amps;
         let circuit = &self.config.circuit;
         let mut own: Vec<f64> = (0..self.evses.len())
             .map(|i| {
@@ -1266,7 +1278,9 @@ impl StationSim {
 
     /// A snapshot for tests and runners.
     pub fn snapshot(&self, now: DateTime<Utc>) -> StationSnapshot {
+        let commanded = self.commanded(now);
         StationSnapshot {
+            profiles_received: self.profiles_received,
             at: now,
             online: self.online,
             booted: self.booted,
@@ -1275,7 +1289,9 @@ impl StationSim {
             evses: self
                 .evses
                 .iter()
-                .map(|e| EvseSnapshot {
+                .zip(commanded)
+                .map(|(e, commanded_amps)| EvseSnapshot {
+                    commanded_amps,
                     id: e.id,
                     status: e.status,
                     measured_amps: e.measured_amps,
@@ -1301,6 +1317,9 @@ impl StationSim {
         call: &IncomingCall,
         now: DateTime<Utc>,
     ) -> Result<Value, Violation> {
+        if call.action == "SetChargingProfile" {
+            self.profiles_received = self.profiles_received.saturating_add(1);
+        }
         match self.config.version {
             OcppVersion::V16 => self.handle_v16(call, now),
             OcppVersion::V201 => self.handle_v201(call, now),
