@@ -86,17 +86,22 @@ where
             }
         })
         .collect();
+    // A run that starts part-way through the plan skips what is already over; a car that is
+    // already there arrives at the first tick.
+    let begin = clock.now();
     let mut schedule: Vec<(DateTime<Utc>, Happening)> = Vec::new();
     for (i, v) in plan.visits.iter().enumerate() {
-        schedule.push((v.arrive, Happening::Arrive(i)));
-        schedule.push((v.depart, Happening::Depart(i)));
+        if v.depart > begin {
+            schedule.push((v.arrive, Happening::Arrive(i)));
+            schedule.push((v.depart, Happening::Depart(i)));
+        }
     }
     for (s, p) in plan.stations.iter().enumerate() {
         for (k, (offset, _)) in p.faults.iter().enumerate() {
-            schedule.push((
-                plan.start + chrono::Duration::seconds(i64::from(*offset)),
-                Happening::Fault(s, k),
-            ));
+            let at = plan.start + chrono::Duration::seconds(i64::from(*offset));
+            if at >= begin {
+                schedule.push((at, Happening::Fault(s, k)));
+            }
         }
     }
     schedule.sort();

@@ -373,6 +373,26 @@ impl Plan {
     pub fn requested_wh(&self) -> f64 {
         self.visits.iter().map(|v| v.ev.requested_wh()).sum()
     }
+
+    /// The same plan `by` later (or earlier): every time moves, nothing else. Daily profiles
+    /// (base load, PV) follow the clock, so shift by whole days to keep them in step.
+    pub fn shifted(mut self, by: chrono::Duration) -> Plan {
+        self.start += by;
+        self.end += by;
+        for v in &mut self.visits {
+            v.arrive += by;
+            v.depart += by;
+            v.ev.departure = v.ev.departure.map(|d| d + by);
+        }
+        for c in &mut self.site.limit_changes {
+            c.at += by;
+        }
+        for t in &mut self.tariff {
+            t.start += by;
+            t.end += by;
+        }
+        self
+    }
 }
 
 /// Loads a scenario file.
