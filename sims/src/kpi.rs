@@ -306,7 +306,8 @@ impl Kpis {
     /// One Markdown table row for `policy`.
     pub fn table_row(&self, policy: &str) -> String {
         let v = &self.violations;
-        let stations: f64 = v.stations_amp_s.iter().sum();
+        // `+ 0.0`: an empty f64 sum is -0.0, which would print as "-0.0".
+        let stations: f64 = v.stations_amp_s.iter().sum::<f64>() + 0.0;
         format!(
             "| {policy} | {:.1} | {:.1} | {:.1} % | {:.2} | {:.1} % | {:.3} | {:.1} ({:.1} / {:.1} / {:.1} / {:.1}) | {:.1} | {:.2}, {:.2} |",
             self.delivered_kwh,

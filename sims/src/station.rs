@@ -797,6 +797,16 @@ impl StationSim {
             Ok(v) => v,
             Err(e) => {
                 tracing::debug!(station = %self.config.id, ?after, %e, "call failed");
+                // No answer to Authorize (timeout, lost connection): authorize locally, as
+                // chargers with LocalAuthorizeOffline do.
+                if let After::Authorize { evse } = after
+                    && matches!(e, CallFailure::Timeout | CallFailure::Closed)
+                    && let Ok(index) = self.index(evse)
+                    && self.evses[index].ev.is_some()
+                    && let Some(tag) = self.evses[index].authorizing.take()
+                {
+                    self.start_session(index, tag, now);
+                }
                 return;
             }
         };

@@ -210,10 +210,10 @@ fn energy_cost_pv_and_fairness() {
     assert!(close(k.jain_fairness, 1.5 * 1.5 / (3.0 * 1.25)));
     assert!(close(k.profiles_per_station_hour.0, 1.0));
     assert!(close(k.profiles_per_station_hour.1, 2.0));
-    assert!(
-        k.table_row("test")
-            .starts_with("| test | 15.0 | 70.0 | 50.0 % |")
-    );
+    let row = k.table_row("test");
+    assert!(row.starts_with("| test | 15.0 | 70.0 | 50.0 % |"), "{row}");
+    // No station over-drew: an empty sum must not print as "-0.0".
+    assert!(!row.contains("-0.0"), "{row}");
 }
 
 #[test]

@@ -1150,3 +1150,33 @@ fn a_pending_boot_is_retried_after_the_interval_and_nothing_else_is_sent_before(
     assert!(sim.snapshot(later(30)).booted);
     assert_eq!(sim.take_outbox()[0].action, "StatusNotification");
 }
+
+#[test]
+fn an_unanswered_authorize_falls_back_to_local_authorization() {
+    let mut sim = StationSim::new(config(OcppVersion::V16, Quirks::default()), start()).unwrap();
+    sim.connected();
+    let boot = sim.take_outbox().remove(0);
+    sim.handle_response(
+        boot.after,
+        Ok(json!({"status": "Accepted", "currentTime": start(), "interval": 300})),
+        start(),
+    );
+    sim.take_outbox();
+    sim.plug_in(1, EvSpec::typical(0.2, 0.9), "TAG", start())
+        .unwrap();
+    let out = sim.take_outbox();
+    let authorize = out
+        .iter()
+        .find(|o| o.action == "Authorize")
+        .unwrap()
+        .clone();
+    sim.handle_response(
+        authorize.after,
+        Err(loadstar_ocpp::CallFailure::Timeout),
+        start(),
+    );
+    let out = sim.take_outbox();
+    assert!(out.iter().any(|o| o.action == "StartTransaction" && o.keep));
+    sim.tick(start() + chrono::Duration::seconds(1));
+    assert_eq!(sim.snapshot(start()).evses[0].measured_amps, 16.0);
+}
