@@ -73,15 +73,23 @@ pub fn site_current_svg(title: &str, points: &[SitePoint], lines: &[Line]) -> St
     let y = |v: f64| TOP + (hi - v) / (hi - lo) * (HEIGHT - TOP - BOTTOM);
 
     axes(&mut svg, lo, hi, &y, "A per line");
-    // Hours along the bottom.
-    let hours = (span / 3600.0).ceil() as i64;
-    let step = (hours / 12).max(1);
-    for h in (0..=hours).step_by(step as usize) {
-        let xt = x(t0 + chrono::Duration::hours(h));
+    // Time along the bottom: whole hours, or minutes for runs under two hours.
+    let (unit_s, unit) = if span < 7200.0 {
+        (60i64, "min")
+    } else {
+        (3600, "h")
+    };
+    let units = (span / unit_s as f64).ceil() as i64;
+    let step = [1i64, 2, 5, 10, 15, 30, 60]
+        .into_iter()
+        .find(|s| units / s <= 12)
+        .unwrap_or(units / 12 + 1);
+    for k in (0..=units).step_by(step as usize) {
+        let xt = x(t0 + chrono::Duration::seconds(k * unit_s));
         if xt <= WIDTH - RIGHT + 0.5 {
             let _ = writeln!(
                 svg,
-                r#"<text x="{xt:.1}" y="{:.1}" font-size="11" text-anchor="middle">+{h} h</text>"#,
+                r#"<text x="{xt:.1}" y="{:.1}" font-size="11" text-anchor="middle">+{k} {unit}</text>"#,
                 HEIGHT - BOTTOM + 16.0
             );
         }

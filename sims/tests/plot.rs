@@ -47,8 +47,13 @@ fn site_plot_has_a_series_per_line_and_the_limit_and_keeps_the_peak() {
         limit.first().unwrap().1 < limit.last().unwrap().1,
         "the limit drops later"
     );
-    // Time runs left to right.
+    // Time runs left to right, labelled in hours for a day.
     assert!(l2.windows(2).all(|w| w[0].0 < w[1].0));
+    assert!(svg.contains(">+12 h<"));
+    // A short run is labelled in minutes.
+    let short: Vec<SitePoint> = points[..5_400].to_vec();
+    let svg = site_current_svg("short", &short, &Line::ALL);
+    assert!(svg.contains(">+30 min<") && !svg.contains(" h<"), "{svg}");
 }
 
 #[test]
