@@ -229,23 +229,24 @@ where
         let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
     }
 
-    let outcomes: Vec<VehicleOutcome> = plan
-        .visits
+    // Only the visits this run saw: a short run does not owe the cars of the rest of the day.
+    let seen: Vec<usize> = (0..plan.visits.len())
+        .filter(|&i| plan.visits[i].arrive < end && plan.visits[i].depart > begin)
+        .collect();
+    let outcomes: Vec<VehicleOutcome> = seen
         .iter()
-        .zip(&delivered)
-        .map(|(v, &delivered_wh)| VehicleOutcome {
-            requested_wh: v.ev.requested_wh(),
-            delivered_wh,
+        .map(|&i| VehicleOutcome {
+            requested_wh: plan.visits[i].ev.requested_wh(),
+            delivered_wh: delivered[i],
             feasible: None,
         })
         .collect();
-    let vehicles = plan
-        .visits
+    let vehicles = seen
         .iter()
         .zip(&outcomes)
-        .map(|(v, o)| {
+        .map(|(&i, o)| {
             (
-                v.id_tag.clone(),
+                plan.visits[i].id_tag.clone(),
                 o.delivered_wh / 1000.0,
                 o.requested_wh / 1000.0,
             )

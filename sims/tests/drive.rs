@@ -111,6 +111,14 @@ async fn drive(
     plan: &loadstar_sims::scenario::Plan,
     default_limit: Option<f64>,
 ) -> (loadstar_sims::drive::Report, MeterReading) {
+    drive_until(plan, default_limit, None).await
+}
+
+async fn drive_until(
+    plan: &loadstar_sims::scenario::Plan,
+    default_limit: Option<f64>,
+    until: Option<chrono::DateTime<chrono::Utc>>,
+) -> (loadstar_sims::drive::Report, MeterReading) {
     let (pipes, mut incoming) = mpsc::channel::<DuplexStream>(16);
     tokio::spawn(async move {
         while let Some(io) = incoming.recv().await {
@@ -135,7 +143,10 @@ async fn drive(
         dial,
         SimClock::starting_at(plan.start),
         &meter,
-        DriveConfig::default(),
+        DriveConfig {
+            until,
+            ..DriveConfig::default()
+        },
     )
     .await;
     let last = *reading.borrow();
@@ -231,5 +242,20 @@ target_soc = 0.9
     assert!(
         (delivered[0] - 5.52).abs() < 0.05 && (delivered[1] - 11.04).abs() < 0.1,
         "{delivered:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_short_run_counts_only_the_cars_it_saw() {
+    let plan = parse("two-cars.toml", PLAN).unwrap();
+    // The cars arrive 1 min after the start; stop at 30 s.
+    let until = plan.start + chrono::Duration::seconds(30);
+    let (report, _) = drive_until(&plan, None, Some(until)).await;
+    assert!(report.vehicles.is_empty());
+    assert_eq!(report.kpis.requested_kwh, 0.0);
+    assert!(
+        (25..=31).contains(&report.site.len()),
+        "{}",
+        report.site.len()
     );
 }
