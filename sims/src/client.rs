@@ -276,6 +276,12 @@ where
         }
     }
 
+    /// The upgraded WebSocket, for a driver with its own loop (the station simulator). CALLs
+    /// still queued in this client's endpoint are dropped.
+    pub fn into_websocket(self) -> WebSocketStream<S> {
+        self.ws
+    }
+
     /// Closes the connection politely.
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
