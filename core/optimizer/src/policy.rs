@@ -101,6 +101,30 @@ pub fn first_come_first_served(problem: &Problem) -> Vec<f64> {
         .collect()
 }
 
+/// First come, first served with explicit arrival times (one per EVSE, in
+/// [`Problem::evses`] order; equal times keep the list order). Returns the setpoints in
+/// [`Problem::evses`] order. `None` if `arrived_s` does not have one entry per EVSE.
+pub fn first_come_first_served_by_arrival(
+    problem: &Problem,
+    arrived_s: &[i64],
+) -> Option<Vec<f64>> {
+    if arrived_s.len() != problem.evses.len() {
+        return None;
+    }
+    let mut order: Vec<usize> = (0..problem.evses.len()).collect();
+    order.sort_by_key(|&i| (arrived_s[i], i));
+    let sorted = Problem {
+        evses: order.iter().map(|&i| problem.evses[i].clone()).collect(),
+        ..problem.clone()
+    };
+    let amps = first_come_first_served(&sorted);
+    let mut out = vec![0.0; amps.len()];
+    for (k, &i) in order.iter().enumerate() {
+        out[i] = amps[k];
+    }
+    Some(out)
+}
+
 /// Jain's fairness index of `values`: `(Σx)² / (n · Σx²)`, 1 when all are equal, `1/n` when one
 /// takes everything. 1 for an empty or all-zero input (nobody is treated worse than another).
 pub fn jain_index(values: &[f64]) -> f64 {
@@ -122,6 +146,19 @@ pub struct OfflineOptimum {
     /// Per EV (in [`PlanProblem::evs`] order): whether its target was met by the optimum,
     /// i.e. feasible at all given the limits, its window and everyone else's needs.
     pub feasible: Vec<bool>,
+}
+
+impl OfflineOptimum {
+    /// Whether EV `id`'s target was feasible; `None` for an unknown id.
+    pub fn feasible_for(&self, id: &str) -> Option<bool> {
+        let k = self.plan.evs.iter().position(|e| e.id == id)?;
+        self.feasible.get(k).copied()
+    }
+
+    /// EV `id`'s plan (targets, planned energy, shortfall); `None` for an unknown id.
+    pub fn ev(&self, id: &str) -> Option<&crate::plan::EvPlan> {
+        self.plan.evs.iter().find(|e| e.id == id)
+    }
 }
 
 /// Solves the perfect-information plan of a scenario. Use a horizon that covers every

@@ -5,7 +5,8 @@ use loadstar_optimizer::allocate::{Evse, Node, Problem, allocate};
 use loadstar_optimizer::model::{ElectricalModel, Line, PerLine, StationWiring};
 use loadstar_optimizer::plan::{PlanEv, PlanNode, PlanProblem, PlanSlot};
 use loadstar_optimizer::policy::{
-    equal_share, first_come_first_served, jain_index, offline_optimum, uncontrolled,
+    equal_share, first_come_first_served, first_come_first_served_by_arrival, jain_index,
+    offline_optimum, uncontrolled,
 };
 use proptest::prelude::*;
 
@@ -66,6 +67,12 @@ fn first_come_first_served_starves_late_arrivals() {
     let evses: Vec<Evse> = (0..4).map(|k| evse(&format!("e{k}"), 0, 32.0)).collect();
     let p = Problem::new(site(63.0), evses, 0);
     assert_eq!(first_come_first_served(&p), vec![32.0, 31.0, 0.0, 0.0]);
+    // With arrival times, the order of the list does not matter.
+    assert_eq!(
+        first_come_first_served_by_arrival(&p, &[30, 10, 20, 0]),
+        Some(vec![0.0, 31.0, 0.0, 32.0])
+    );
+    assert_eq!(first_come_first_served_by_arrival(&p, &[0]), None);
     // A feeder limit on the first arrival's branch leaves the rest to the others.
     let mut nodes = site(63.0);
     nodes.push(Node {
@@ -123,6 +130,9 @@ fn offline_optimum_says_which_targets_were_feasible() {
     );
     let opt = offline_optimum(&problem);
     assert_eq!(opt.feasible, vec![true, false]);
+    assert_eq!(opt.feasible_for("big"), Some(false));
+    assert_eq!(opt.feasible_for("nobody"), None);
+    assert!(opt.ev("small").is_some_and(|e| e.shortfall_wh < 1.0));
     // "big" takes its full 16 A for the hour (11,040 Wh) next to "small"'s 1,000 Wh.
     assert!(
         (opt.plan.energy_wh - 12_040.0).abs() < 2.0,
