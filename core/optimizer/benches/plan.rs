@@ -78,6 +78,7 @@ fn problem(n: usize) -> PlanProblem {
             arrival_s: arrival * SLOT_S,
             departure_s: (arrival + stay).min(SLOTS as i64) * SLOT_S,
             energy_wh: 5_000.0 + (i * 997 % 40_000) as f64,
+            taper: None,
         });
     }
     PlanProblem::new(slots, nodes, evs)

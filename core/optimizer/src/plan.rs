@@ -15,6 +15,8 @@
 //!   uncontrolled load, DR and policy limits folded in by the caller). Rows that cannot bind
 //!   are left out, one-member rows become bounds, and balanced three-phase members of a node
 //!   with several binding lines enter through one aggregate `y = Σ x` (fewer non-zeros);
+//! * a tapering EV ([`PlanTaper`]): at the middle of every slot, its current stays under its
+//!   charging curve at the state of charge reached there (energy chained slot to slot);
 //! * every EV: `Σ_t energy(x[e][t]) + s[e] = need[e]` with `0 ≤ s[e] ≤ need[e]`, so nothing is
 //!   delivered beyond the need;
 //! * every slot with a surplus: `g[t] ≥ Σ_e energy(x[e][t]) − surplus[t]`, `g ≥ 0`.
@@ -98,6 +100,21 @@ pub struct PlanEv {
     pub departure_s: i64,
     /// Energy still needed (Wh, ≥ 0).
     pub energy_wh: f64,
+    /// How its power tapers near full, if known: without it the plan assumes `max_a` up to
+    /// the last Wh, which over-promises for a car that is nearly full.
+    pub taper: Option<PlanTaper>,
+}
+
+/// An EV's charging curve for the plan: full power up to `taper_from_soc`, then falling
+/// linearly to 0 at full (the shape of the sims' EV model and of most cars' AC curves).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PlanTaper {
+    /// Usable battery capacity (Wh, > 0).
+    pub capacity_wh: f64,
+    /// State of charge at the start of its window (0..=1).
+    pub soc_at_arrival: f64,
+    /// State of charge where the taper starts (0..1).
+    pub taper_from_soc: f64,
 }
 
 /// The planning problem.
@@ -305,6 +322,8 @@ fn solve(problem: &PlanProblem, presence: &[Vec<f64>]) -> Result<Plan, String> {
     let mut vars = ProblemVariables::new();
     let mut x: Vec<Vec<Option<Variable>>> = Vec::with_capacity(problem.evs.len());
     let mut upper: Vec<Vec<f64>> = Vec::with_capacity(problem.evs.len());
+    type Chain = (PlanTaper, Vec<usize>, Vec<Option<Variable>>);
+    let mut tapers: Vec<Option<Chain>> = Vec::with_capacity(problem.evs.len());
     let mut shortfall: Vec<Option<Variable>> = Vec::with_capacity(problem.evs.len());
     let mut objective = Expression::with_capacity(problem.evs.len() * n_slots);
     for (e, ev) in problem.evs.iter().enumerate() {
@@ -336,6 +355,19 @@ fn solve(problem: &PlanProblem, presence: &[Vec<f64>]) -> Result<Plan, String> {
             objective.add_mul(problem.shortfall_penalty_per_kwh, v);
             v
         });
+        // The taper only matters if the need can carry the EV past its start.
+        let taper = ev
+            .taper
+            .filter(|tp| tp.soc_at_arrival + ev.energy_wh / tp.capacity_wh > tp.taper_from_soc);
+        let present: Vec<usize> = (0..n_slots).filter(|&t| row[t].is_some()).collect();
+        let chain = taper.map(|tp| {
+            // c[j]: kWh delivered before the j-th present slot (none before the first).
+            let c: Vec<Option<Variable>> = (0..present.len())
+                .map(|j| (j > 0).then(|| vars.add(variable().min(0.0))))
+                .collect();
+            (tp, present.clone(), c)
+        });
+        tapers.push(chain);
         x.push(row);
         upper.push(ubs);
         shortfall.push(s);
@@ -449,6 +481,36 @@ fn solve(problem: &PlanProblem, presence: &[Vec<f64>]) -> Result<Plan, String> {
             }
         }
         model.add_constraint((delivered + s).eq(wh_to_kwh(ev.energy_wh)));
+    }
+    // Tapers: at the middle of each slot the current stays under the curve,
+    //   x ≤ max · (1 − soc_mid) / (1 − from),  soc_mid = soc0 + (c + k·x/2) / capacity,
+    // with c the energy before the slot, chained slot to slot.
+    for (e, chain) in tapers.into_iter().enumerate() {
+        let Some((tp, present, c)) = chain else {
+            continue;
+        };
+        let ev = &problem.evs[e];
+        let cap_kwh = wh_to_kwh(tp.capacity_wh);
+        let alpha = ev.max_a / ((1.0 - tp.taper_from_soc) * cap_kwh);
+        let beta = ev.max_a * (1.0 - tp.soc_at_arrival) / (1.0 - tp.taper_from_soc);
+        for (j, &t) in present.iter().enumerate() {
+            let Some(xv) = x[e][t] else { continue };
+            let k = kwh_per_amp(ev, &slots[t]);
+            let mut row = Expression::with_capacity(2);
+            row.add_mul(1.0 + alpha * k / 2.0, xv);
+            if let Some(cv) = c[j] {
+                row.add_mul(alpha, cv);
+            }
+            model.add_constraint(row.leq(beta));
+            if let Some(Some(next)) = c.get(j + 1) {
+                let mut link = Expression::from(*next);
+                link.add_mul(-k, xv);
+                if let Some(cv) = c[j] {
+                    link.add_mul(-1.0, cv);
+                }
+                model.add_constraint(link.eq(0.0));
+            }
+        }
     }
     // Node limits.
     for (t, rows) in node_rows.into_iter().enumerate() {
@@ -626,6 +688,17 @@ fn validate(problem: &PlanProblem) -> Result<(), String> {
         }
         if ev.circuit.line_coefficients(ev.ev_phases) == PerLine::ZERO {
             return Err(format!("EV {}: loads no grid line", ev.id));
+        }
+        if let Some(t) = &ev.taper {
+            let unit = |v: f64| v.is_finite() && (0.0..=1.0).contains(&v);
+            let capacity_ok = t.capacity_wh.is_finite() && t.capacity_wh > 0.0;
+            let from_ok = unit(t.taper_from_soc) && t.taper_from_soc < 1.0;
+            if !(capacity_ok && unit(t.soc_at_arrival) && from_ok) {
+                return Err(format!(
+                    "EV {}: taper needs capacity > 0 Wh, 0 <= soc <= 1 and 0 <= taper_from < 1",
+                    ev.id
+                ));
+            }
         }
     }
     let mut ids: Vec<&str> = problem.evs.iter().map(|e| e.id.as_str()).collect();

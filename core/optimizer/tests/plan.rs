@@ -3,7 +3,8 @@
 
 use loadstar_optimizer::model::{ElectricalModel, Line, PerLine, StationCircuit, StationWiring};
 use loadstar_optimizer::plan::{
-    PlanEv, PlanNode, PlanProblem, PlanSlot, PlanStatus, local_day_bounds, plan, slot_bounds,
+    PlanEv, PlanNode, PlanProblem, PlanSlot, PlanStatus, PlanTaper, local_day_bounds, plan,
+    slot_bounds,
 };
 use proptest::prelude::*;
 
@@ -59,6 +60,7 @@ fn ev(id: &str, node: usize, max_a: f64, slots: (i64, i64), energy_wh: f64) -> P
         arrival_s: T0 + slots.0 * SLOT_S,
         departure_s: T0 + slots.1 * SLOT_S,
         energy_wh,
+        taper: None,
     }
 }
 
@@ -222,6 +224,47 @@ fn a_single_phase_ev_loads_only_its_line() {
 }
 
 #[test]
+fn a_tapering_ev_is_not_promised_full_power_near_full() {
+    // 40 kWh at 70 %, tapering from 80 %, needs 10 kWh in one hour at 16 A (11.04 kW). At full
+    // power that fits; on the curve it does not: the exact curve reaches 91.7 % in the hour
+    // (8.7 kWh).
+    let mut e = ev("a", 0, 16.0, (0, 4), 10_000.0);
+    let flat = plan(&PlanProblem::new(
+        slots(&[0.2; 4]),
+        vec![node("site", None, 50.0, 4)],
+        vec![e.clone()],
+    ));
+    assert!(near(flat.energy_wh, 10_000.0, 1.0), "{}", flat.energy_wh);
+    e.taper = Some(PlanTaper {
+        capacity_wh: 40_000.0,
+        soc_at_arrival: 0.7,
+        taper_from_soc: 0.8,
+    });
+    let curved = plan(&PlanProblem::new(
+        slots(&[0.2; 4]),
+        vec![node("site", None, 50.0, 4)],
+        vec![e.clone()],
+    ));
+    assert_eq!(curved.status, PlanStatus::Optimal);
+    assert!(
+        (8_300.0..9_100.0).contains(&curved.energy_wh),
+        "{} Wh on the curve",
+        curved.energy_wh
+    );
+    let a = amps_of(&curved, "a");
+    assert!(a[0] > 15.9, "full power before the taper: {a:?}");
+    assert!(a[1] > a[2] && a[2] > a[3], "falling on the curve: {a:?}");
+    // A need that stays below the taper start is not affected.
+    e.energy_wh = 3_000.0;
+    let low = plan(&PlanProblem::new(
+        slots(&[0.2; 4]),
+        vec![node("site", None, 50.0, 4)],
+        vec![e],
+    ));
+    assert!(near(low.energy_wh, 3_000.0, 1.0));
+}
+
+#[test]
 fn dst_days_have_92_or_100_quarter_hours() {
     let tz: chrono_tz::Tz = "Europe/Amsterdam".parse().expect("known zone");
     let day = |y, m, d| chrono::NaiveDate::from_ymd_opt(y, m, d).expect("valid date");
@@ -285,6 +328,13 @@ fn bad_inputs_degrade_instead_of_failing() {
     invalid(&|p| p.evs[0].node = 3);
     invalid(&|p| p.evs.push(p.evs[0].clone()));
     invalid(&|p| p.slots.clear());
+    invalid(&|p| {
+        p.evs[0].taper = Some(PlanTaper {
+            capacity_wh: 0.0,
+            soc_at_arrival: 0.5,
+            taper_from_soc: 0.8,
+        })
+    });
 
     // NaN headroom counts as none; nothing to plan is not an error.
     let mut nan = good.clone();

@@ -118,6 +118,7 @@ fn offline_optimum_says_which_targets_were_feasible() {
         arrival_s: 0,
         departure_s: 3600,
         energy_wh,
+        taper: None,
     };
     let problem = PlanProblem::new(
         slots,
