@@ -28,6 +28,9 @@ pub mod json;
 pub mod slots;
 pub mod sunspec;
 
+/// Re-exported so a plugin can parse its config and payloads without its own dependency.
+pub use serde_json;
+
 #[cfg(all(feature = "meter", feature = "policy"))]
 compile_error!(
     "loadstar-plugin-sdk: enable exactly one of the features `meter` and `policy` (a plugin \
@@ -45,6 +48,7 @@ pub use wit_bindgen as __wit_bindgen;
 /// The wit-bindgen output. Not part of the SDK's API: use the re-exports and wrappers.
 #[doc(hidden)]
 #[cfg(all(feature = "meter", not(feature = "policy")))]
+#[allow(clippy::too_many_arguments)] // generated lowering code
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../../wit/loadstar-plugin@0.1.0",
@@ -59,6 +63,7 @@ pub mod bindings {
 /// The wit-bindgen output. Not part of the SDK's API: use the re-exports and wrappers.
 #[doc(hidden)]
 #[cfg(all(feature = "policy", not(feature = "meter")))]
+#[allow(clippy::too_many_arguments)] // generated lowering code
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../../wit/loadstar-plugin@0.1.0",
@@ -84,7 +89,9 @@ pub use bindings::loadstar::plugin::types::{
     PriceSlot, SiteSnapshot, SolarSlot, SolarSurplus,
 };
 
+// Not derivable through wit-bindgen: `additional_derives` would ask Default of every type.
 #[cfg(any(feature = "meter", feature = "policy"))]
+#[allow(clippy::derivable_impls)]
 impl Default for PerLine {
     fn default() -> Self {
         PerLine {
@@ -96,6 +103,7 @@ impl Default for PerLine {
 }
 
 #[cfg(any(feature = "meter", feature = "policy"))]
+#[allow(clippy::derivable_impls)]
 impl Default for Reading {
     fn default() -> Self {
         Reading {
