@@ -9,6 +9,7 @@ use std::process::Command;
 const PLUGINS: &[(&str, &str)] = &[
     ("probe-meter", "probe_meter.wasm"),
     ("probe-policy", "probe_policy.wasm"),
+    ("http-json-meter", "http_json_meter.wasm"),
 ];
 
 fn main() {
@@ -20,7 +21,13 @@ fn main() {
         .to_path_buf();
     let plugins = root.join("plugins");
     let out_dir = PathBuf::from(env("OUT_DIR"));
-    for watched in ["Cargo.toml", "Cargo.lock", "sdk", "fixtures"] {
+    for watched in [
+        "Cargo.toml",
+        "Cargo.lock",
+        "sdk",
+        "fixtures",
+        "http-json-meter",
+    ] {
         println!("cargo:rerun-if-changed={}", plugins.join(watched).display());
     }
     println!("cargo:rerun-if-changed={}", root.join("wit").display());

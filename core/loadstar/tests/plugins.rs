@@ -663,3 +663,178 @@ async fn modbus_registers_from_a_granted_server_only() {
     assert_eq!(plugin.status().denied_calls, 1);
     server.abort();
 }
+
+// --------------------------------------------------------------------- http-json-meter
+
+/// A loopback server answering each device's real path with a document in its format.
+async fn device_server() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf).to_string();
+                let target = head.split(' ').nth(1).unwrap_or_default().to_string();
+                let (status, body) = match target.as_str() {
+                    "/api/v1/data" => (
+                        "200 OK",
+                        json!({
+                            "wifi_ssid": "site", "active_power_w": -1380.0,
+                            "active_power_l1_w": -460.0, "active_power_l2_w": -460.0, "active_power_l3_w": -460.0,
+                            "active_current_l1_a": 2.0, "active_current_l2_a": 2.0, "active_current_l3_a": 2.0,
+                            "active_voltage_l1_v": 230.1, "total_power_import_kwh": 4321.5, "total_power_export_kwh": 12.25
+                        }),
+                    ),
+                    "/status" => (
+                        "200 OK",
+                        json!({
+                            "emeters": [
+                                { "power": 2300.0, "current": 10.0, "voltage": 230.0, "total": 1.0 },
+                                { "power": 1150.0, "current": 5.0, "voltage": 231.0, "total": 2.0 },
+                                { "power": 0.0, "current": 0.0, "voltage": 229.0, "total": 3.0 }
+                            ],
+                            "total_power": 3450.0
+                        }),
+                    ),
+                    "/rpc/EM.GetStatus?id=0" => (
+                        "200 OK",
+                        json!({
+                            "id": 0, "a_current": 4.1, "a_voltage": 230.2, "a_act_power": 943.0,
+                            "b_current": 0.5, "b_voltage": 229.8, "b_act_power": -115.0,
+                            "c_current": 0.0, "c_voltage": 231.0, "c_act_power": 0.0,
+                            "total_act_power": 828.0, "total_current": 4.6
+                        }),
+                    ),
+                    "/cm?cmnd=Status%2010" => (
+                        "200 OK",
+                        json!({
+                            "StatusSNS": { "Time": "2026-12-01T21:00:00",
+                                "ENERGY": { "Total": 12.5, "Power": 460, "Voltage": 230, "Current": 2.0 } }
+                        }),
+                    ),
+                    _ => ("404 Not Found", json!({ "error": "no such path" })),
+                };
+                let body = body.to_string();
+                let response = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+fn json_meter(f: &Fixture, addr: std::net::SocketAddr, config: serde_json::Value) -> MeterPlugin {
+    let mut s = spec("grid-meter", World::Meter, config);
+    s.grants.http = vec![addr.to_string()];
+    f.host
+        .load_meter(s, loadstar_plugin_artifacts::HTTP_JSON_METER)
+        .expect("load http-json-meter")
+}
+
+#[tokio::test]
+async fn http_json_meter_reads_every_preset_from_a_real_server() {
+    let (addr, server) = device_server().await;
+    let f = fixture();
+    let base = format!("http://{addr}");
+
+    let mut p1 = json_meter(&f, addr, json!({ "preset": "homewizard-p1", "base": base }));
+    let r = p1.read().await.expect("HomeWizard P1");
+    assert_eq!(r.total_power, Some(-1380.0));
+    assert_eq!(
+        r.current.l1,
+        Some(2.0),
+        "unsigned, as the firmware sends it"
+    );
+    assert_eq!(r.voltage.l1, Some(230.1));
+    assert_eq!(r.energy_import, Some(4_321_500.0), "kWh scaled to Wh");
+    assert_eq!(r.energy_export, Some(12_250.0));
+
+    // The same meter with the option: exporting, so the currents become negative.
+    let mut signed = json_meter(
+        &f,
+        addr,
+        json!({ "preset": "homewizard-p1", "base": base, "sign_currents_from_power": true }),
+    );
+    let r = signed.read().await.expect("signed");
+    assert_eq!(
+        (r.current.l1, r.current.l2, r.current.l3),
+        (Some(-2.0), Some(-2.0), Some(-2.0))
+    );
+
+    let mut shelly = json_meter(&f, addr, json!({ "preset": "shelly-3em", "base": base }));
+    let r = shelly.read().await.expect("Shelly 3EM");
+    assert_eq!(
+        (r.current.l1, r.current.l2, r.current.l3),
+        (Some(10.0), Some(5.0), Some(0.0))
+    );
+    assert_eq!((r.power.l1, r.total_power), (Some(2300.0), Some(3450.0)));
+
+    let mut pro = json_meter(
+        &f,
+        addr,
+        json!({ "preset": "shelly-pro-3em", "base": base }),
+    );
+    let r = pro.read().await.expect("Shelly Pro 3EM");
+    assert_eq!(
+        (r.current.l1, r.power.l2, r.voltage.l3),
+        (Some(4.1), Some(-115.0), Some(231.0))
+    );
+    assert_eq!(r.total_power, Some(828.0));
+
+    let mut tasmota = json_meter(&f, addr, json!({ "preset": "tasmota", "base": base }));
+    let r = tasmota.read().await.expect("Tasmota");
+    assert_eq!(
+        (r.current.l1, r.voltage.l1, r.total_power),
+        (Some(2.0), Some(230.0), Some(460.0))
+    );
+    assert_eq!(r.energy_import, Some(12_500.0));
+
+    // Custom pointers on top of a preset; a wrong path is an HTTP error, not a reading.
+    let mut custom = json_meter(
+        &f,
+        addr,
+        json!({ "url": format!("{base}/status"), "preset": "shelly-3em",
+                "fields": { "energy_import": "/emeters/0/total" } }),
+    );
+    assert_eq!(
+        custom.read().await.expect("custom").energy_import,
+        Some(1.0)
+    );
+    let mut wrong = json_meter(
+        &f,
+        addr,
+        json!({ "url": format!("{base}/nope"), "fields": { "total_power": "/p" } }),
+    );
+    let err = wrong.read().await.expect_err("404");
+    assert!(err.to_string().contains("HTTP status 404"), "{err}");
+    server.abort();
+}
+
+#[tokio::test]
+async fn http_json_meter_with_a_bad_config_fails_with_the_reason() {
+    let (addr, server) = device_server().await;
+    let f = fixture();
+    let mut plugin = json_meter(
+        &f,
+        addr,
+        json!({ "preset": "no-such-meter", "base": format!("http://{addr}") }),
+    );
+    let err = plugin.read().await.expect_err("bad preset");
+    assert!(matches!(err, PluginError::Plugin { .. }), "{err:?}");
+    assert!(err.to_string().contains("unknown preset"), "{err}");
+    server.abort();
+}

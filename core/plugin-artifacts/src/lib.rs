@@ -7,3 +7,7 @@ pub const PROBE_METER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/probe_m
 
 /// `plugins/fixtures/probe-policy`: a policy whose config's `mode` picks a behaviour.
 pub const PROBE_POLICY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/probe_policy.wasm"));
+
+/// `plugins/http-json-meter`: the reference HTTP/JSON meter.
+pub const HTTP_JSON_METER: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/http_json_meter.wasm"));

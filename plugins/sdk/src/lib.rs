@@ -142,6 +142,7 @@ pub trait Policy: Sized + 'static {
 #[macro_export]
 macro_rules! register_meter {
     ($meter:ty) => {
+        #[allow(dead_code)] // only exported on wasm32
         struct __LoadstarMeterExport;
 
         ::std::thread_local! {
@@ -166,6 +167,14 @@ macro_rules! register_meter {
             }
         }
 
+        // Only on wasm32: natively the export names (`read`...) would shadow libc's, and the
+        // plugin's own unit tests run natively.
+        #[cfg(not(target_arch = "wasm32"))]
+        const _: () = {
+            // Natively nothing else names the plugin type; this keeps it "used".
+            let _ = <$meter as $crate::Meter>::new;
+        };
+        #[cfg(target_arch = "wasm32")]
         $crate::bindings::__export_meter!(__LoadstarMeterExport with_types_in $crate::bindings);
     };
 }
@@ -175,6 +184,7 @@ macro_rules! register_meter {
 #[macro_export]
 macro_rules! register_policy {
     ($policy:ty) => {
+        #[allow(dead_code)] // only exported on wasm32
         struct __LoadstarPolicyExport;
 
         ::std::thread_local! {
@@ -203,6 +213,14 @@ macro_rules! register_policy {
             }
         }
 
+        // Only on wasm32: natively the export names (`read`...) would shadow libc's, and the
+        // plugin's own unit tests run natively.
+        #[cfg(not(target_arch = "wasm32"))]
+        const _: () = {
+            // Natively nothing else names the plugin type; this keeps it "used".
+            let _ = <$policy as $crate::Policy>::new;
+        };
+        #[cfg(target_arch = "wasm32")]
         $crate::bindings::__export_policy!(__LoadstarPolicyExport with_types_in $crate::bindings);
     };
 }
