@@ -141,6 +141,15 @@ impl PluginHost {
         Ok((component, outcome))
     }
 
+    /// Forgets the compiled components this host holds in memory (plugins already loaded keep
+    /// theirs); the next load comes from the disk cache or compiles. For reloads and benches.
+    pub fn forget_compiled(&self) {
+        self.compiled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
     fn prepare(
         &self,
         spec: &PluginSpec,

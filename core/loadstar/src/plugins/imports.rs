@@ -262,7 +262,8 @@ impl kv::Host for PluginState {
         }
         let mut kv = lock(&self.caps.kv);
         let old = kv.entries.get(&key).map(|v| (key.len() + v.len()) as u64);
-        let new_bytes = kv.bytes - old.unwrap_or(0) + (key.len() + value.len()) as u64;
+        let new_bytes =
+            kv.bytes.saturating_sub(old.unwrap_or(0)) + (key.len() + value.len()) as u64;
         let new_keys = kv.entries.len() + usize::from(old.is_none());
         if new_bytes > grants.kv_max_bytes || new_keys > grants.kv_max_keys as usize {
             let (max_bytes, max_keys) = (grants.kv_max_bytes, grants.kv_max_keys);
@@ -294,7 +295,7 @@ impl kv::Host for PluginState {
                 return Err(HostError::Failed("the host's store failed".into()));
             }
             if let Some(v) = kv.entries.remove(&key) {
-                kv.bytes -= (key.len() + v.len()) as u64;
+                kv.bytes = kv.bytes.saturating_sub((key.len() + v.len()) as u64);
             }
         }
         Ok(())
