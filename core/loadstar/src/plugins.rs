@@ -213,6 +213,38 @@ impl PluginHost {
     }
 }
 
+impl PluginHost {
+    /// Replaces a meter's component and/or spec while Loadstar runs. The new one is compiled,
+    /// linked and checked against the world first; on any error the old plugin stays exactly as
+    /// it was. The key-value data (in the store, by name) and the status counters carry over.
+    pub fn reload_meter(
+        &self,
+        plugin: &mut MeterPlugin,
+        spec: PluginSpec,
+        wasm: &[u8],
+    ) -> Result<(), PluginError> {
+        let mut new = self.load_meter(spec, wasm)?;
+        new.runtime.carry_over(&plugin.runtime);
+        info!(plugin = %new.runtime.name(), reloads = new.runtime.status.reloads, "plugin reloaded");
+        *plugin = new;
+        Ok(())
+    }
+
+    /// [`PluginHost::reload_meter`] for a policy.
+    pub fn reload_policy(
+        &self,
+        plugin: &mut PolicyPlugin,
+        spec: PluginSpec,
+        wasm: &[u8],
+    ) -> Result<(), PluginError> {
+        let mut new = self.load_policy(spec, wasm)?;
+        new.runtime.carry_over(&plugin.runtime);
+        info!(plugin = %new.runtime.name(), reloads = new.runtime.status.reloads, "plugin reloaded");
+        *plugin = new;
+        Ok(())
+    }
+}
+
 fn wrong_world(spec: &PluginSpec, world: &str, e: wasmtime::Error) -> PluginError {
     PluginError::Instantiate {
         plugin: spec.name.clone(),
@@ -266,6 +298,8 @@ pub struct PluginStatus {
     pub traps: u64,
     pub timeouts: u64,
     pub restarts: u64,
+    /// Replacements of the component or spec while running.
+    pub reloads: u64,
     /// Host calls refused because the site file does not grant them.
     pub denied_calls: u64,
     /// Log lines dropped over the per-call budget.
@@ -303,6 +337,7 @@ impl Runtime {
             traps: 0,
             timeouts: 0,
             restarts: 0,
+            reloads: 0,
             denied_calls: 0,
             logs_dropped: 0,
             last_error: None,
@@ -320,6 +355,19 @@ impl Runtime {
 
     fn name(&self) -> &str {
         &self.spec.name
+    }
+
+    /// Keeps the cumulative counters of the plugin this one replaces. Health starts afresh:
+    /// the new code has not failed yet.
+    fn carry_over(&mut self, old: &Runtime) {
+        let (s, o) = (&mut self.status, &old.status);
+        s.calls = o.calls;
+        s.errors = o.errors;
+        s.traps = o.traps;
+        s.timeouts = o.timeouts;
+        s.restarts = o.restarts;
+        s.reloads = o.reloads + 1;
+        s.last_error = o.last_error.clone();
     }
 
     fn deadline_ms(&self) -> u64 {

@@ -838,3 +838,69 @@ async fn http_json_meter_with_a_bad_config_fails_with_the_reason() {
     assert!(err.to_string().contains("unknown preset"), "{err}");
     server.abort();
 }
+
+// ------------------------------------------------------------------------------ reload
+
+#[tokio::test]
+async fn a_plugin_reloads_while_running_and_a_bad_reload_changes_nothing() {
+    let f = fixture();
+    let mut plugin = meter(&f, json!({ "mode": "ok" }));
+    assert_eq!(plugin.read().await.expect("read").total_power, Some(1.0));
+
+    // New config, same component: takes effect at the next read.
+    f.host
+        .reload_meter(
+            &mut plugin,
+            spec("probe", World::Meter, json!({ "mode": "fixed" })),
+            PROBE_METER,
+        )
+        .expect("reload");
+    let r = plugin.read().await.expect("read");
+    assert_eq!(
+        (r.current.l2, r.total_power),
+        (Some(10.0), None),
+        "the fixed mode's reading"
+    );
+    assert_eq!(plugin.status().reloads, 1);
+    assert_eq!(plugin.status().calls, 2, "counters carry over");
+
+    // A broken component or the wrong world is refused; the running plugin is untouched.
+    let err = f
+        .host
+        .reload_meter(
+            &mut plugin,
+            spec("probe", World::Meter, json!({ "mode": "ok" })),
+            b"\0asm broken",
+        )
+        .expect_err("junk");
+    assert!(matches!(err, PluginError::Compile { .. }), "{err:?}");
+    let err = f
+        .host
+        .reload_meter(
+            &mut plugin,
+            spec("probe", World::Meter, json!({ "mode": "ok" })),
+            PROBE_POLICY,
+        )
+        .expect_err("a policy");
+    assert!(matches!(err, PluginError::Instantiate { .. }), "{err:?}");
+    assert_eq!(
+        plugin
+            .read()
+            .await
+            .expect("still the fixed mode")
+            .current
+            .l2,
+        Some(10.0)
+    );
+    assert_eq!(plugin.status().reloads, 1);
+
+    // Back to counting: the key-value data survived both reloads.
+    f.host
+        .reload_meter(
+            &mut plugin,
+            spec("probe", World::Meter, json!({ "mode": "ok" })),
+            PROBE_METER,
+        )
+        .expect("reload");
+    assert_eq!(plugin.read().await.expect("read").total_power, Some(2.0));
+}
