@@ -904,3 +904,28 @@ async fn a_plugin_reloads_while_running_and_a_bad_reload_changes_nothing() {
         .expect("reload");
     assert_eq!(plugin.read().await.expect("read").total_power, Some(2.0));
 }
+
+#[tokio::test]
+async fn a_sleep_in_wasi_is_cut_off_and_a_log_flood_is_capped() {
+    let f = fixture();
+    let mut s = spec(
+        "sleeper",
+        World::Meter,
+        json!({ "mode": "sleep", "once": true }),
+    );
+    s.limits.deadline_ms = 300;
+    let mut plugin = meter_spec(&f, s);
+    let t0 = Instant::now();
+    let err = plugin.read().await.expect_err("cut off");
+    assert!(matches!(err, PluginError::Timeout { .. }), "{err:?}");
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    recovers(&mut plugin).await;
+
+    let mut plugin = meter(&f, json!({ "mode": "log-flood" }));
+    plugin.read().await.expect_err("flooded");
+    assert_eq!(
+        plugin.status().logs_dropped,
+        900,
+        "100 lines per call are kept"
+    );
+}
