@@ -7,6 +7,7 @@
 pub mod clock;
 pub mod csms;
 pub mod demo;
+pub mod plugins;
 pub mod runtime;
 pub mod site;
 pub mod state;

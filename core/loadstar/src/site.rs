@@ -20,6 +20,7 @@
 mod build;
 mod credentials;
 mod diag;
+mod plugins;
 mod read;
 
 use std::collections::{BTreeSet, HashMap};
@@ -71,9 +72,19 @@ pub struct SiteConfig {
     store: StoreSettings,
     api: ApiSettings,
     logging: LoggingSettings,
+    /// `[[plugin]]`, file order; names unique.
+    plugins: Vec<SitePlugin>,
     warnings: Vec<ConfigWarning>,
     circuit_index: HashMap<String, usize>,
     station_index: HashMap<String, usize>,
+}
+
+/// One `[[plugin]]`: the host's spec of it and where its component is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SitePlugin {
+    pub spec: crate::plugins::PluginSpec,
+    /// The component (`.wasm`), resolved against the site file's folder.
+    pub wasm: PathBuf,
 }
 
 /// `[site]`.
@@ -469,6 +480,11 @@ impl SiteConfig {
     }
 
     /// `[logging]`.
+    /// The `[[plugin]]` entries, in file order.
+    pub fn plugins(&self) -> &[SitePlugin] {
+        &self.plugins
+    }
+
     pub fn logging(&self) -> &LoggingSettings {
         &self.logging
     }

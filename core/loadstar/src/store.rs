@@ -17,7 +17,8 @@
 //!   transaction id, once returned, is never handed out again, even after a crash.
 //! - **Not flushed** (durable within about 500 ms with the default
 //!   [`StoreOptions::flush_every_ms`], or at the next flush point, whichever comes first):
-//!   [`Store::update_session`], [`Store::append_samples`], [`Store::put_station`]. A crash can
+//!   [`Store::update_session`], [`Store::append_samples`], [`Store::put_station`],
+//!   [`Store::plugin_kv_put`]. A crash can
 //!   lose the last ~0.5 s of these writes, never an earlier one that a flush point covered.
 //! - **Atomic**: a session write (the record plus its `open_sessions` and `sessions_by_start`
 //!   index entries) is one sled transaction (an update that leaves the index entries as they
@@ -54,6 +55,7 @@
 //! | `sessions_by_start` | `started_at` millis (time key) ++ session key | empty |
 //! | `samples` | `station \0 evse (u32 BE) \0 at` millis (time key) | JSON raw [`MeterSample`] |
 //! | `samples_downsampled` | same layout, at = bucket start | JSON bucket (averages + counts) |
+//! | `plugin_kv` | plugin name (UTF-8, no NUL) `\0` key (UTF-8) | the value's bytes, as the plugin gave them |
 //!
 //! A *time key* is the i64 millisecond timestamp, big-endian, with the sign bit flipped, so that
 //! byte order is chronological order. Station ids must not contain a NUL byte. One raw sample is
@@ -140,6 +142,19 @@ pub trait Store: Send + Sync + 'static {
 
     /// Makes every write that completed before this call durable.
     fn flush(&self) -> Result<(), StoreError>;
+
+    // ------------------------------------------------------------------- plugin key-value
+
+    /// Every entry of one plugin's key-value store, in key byte order. Quotas are the plugin
+    /// host's job (it loads these once and accounts for them); the store only keeps the bytes.
+    fn plugin_kv_entries(&self, plugin: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// Sets (`Some`) or deletes (`None`) one key of one plugin's store. Not flushed.
+    fn plugin_kv_put(
+        &self,
+        plugin: &str,
+        key: &str,
+        value: Option<&[u8]>,
+    ) -> Result<(), StoreError>;
 }
 
 /// A charging station, as far as the store knows it.

@@ -1337,3 +1337,147 @@ mode = "local_list"
     );
     assert!(e.to_string().ends_with("15 errors"), "{e}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// [[plugin]]
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn plugins_with_config_grants_and_limits() {
+    let text = format!(
+        "{BASE}
+[[plugin]]
+name = \"grid-meter\"
+world = \"meter\"
+wasm = \"plugins/http_json_meter.wasm\"
+config = {{ preset = \"homewizard-p1\", base = \"http://192.168.1.30\", fields = {{ total_power = {{ pointer = \"/p\", scale = 1.5 }} }}, tags = [1, true] }}
+grants = {{ http = [\"192.168.1.30:80\"], kv_max_keys = 10 }}
+limits = {{ deadline_ms = 80, memory_mib = 16 }}
+
+[[plugin]]
+name = \"tariff\"
+world = \"policy\"
+wasm = \"/opt/loadstar/tou.wasm\"
+"
+    );
+    let c = ok(&text);
+    let plugins = c.plugins();
+    assert_eq!(plugins.len(), 2);
+    let p = &plugins[0];
+    assert_eq!(p.spec.name, "grid-meter");
+    assert_eq!(p.spec.world, loadstar::plugins::World::Meter);
+    assert_eq!(
+        p.wasm,
+        PathBuf::from("/srv/site/plugins/http_json_meter.wasm")
+    );
+    assert_eq!(
+        serde_json::Value::Object(p.spec.config.clone()),
+        serde_json::json!({
+            "preset": "homewizard-p1", "base": "http://192.168.1.30",
+            "fields": { "total_power": { "pointer": "/p", "scale": 1.5 } }, "tags": [1, true]
+        })
+    );
+    assert_eq!(p.spec.grants.http, vec!["192.168.1.30:80".to_string()]);
+    assert_eq!(p.spec.grants.kv_max_keys, 10);
+    assert_eq!(p.spec.grants.kv_max_bytes, 64 * 1024, "default");
+    assert_eq!(p.spec.limits.deadline_ms, 80);
+    assert_eq!(p.spec.limits.memory_bytes, 16 << 20);
+    let t = &plugins[1];
+    assert_eq!(t.spec.world, loadstar::plugins::World::Policy);
+    assert_eq!(t.wasm, PathBuf::from("/opt/loadstar/tou.wasm"));
+    assert!(t.spec.grants.http.is_empty(), "nothing granted by default");
+    assert_eq!(t.spec.limits.deadline_ms, 50);
+    assert!(ok(BASE).plugins().is_empty());
+}
+
+#[test]
+fn plugin_mistakes_are_reported_at_their_line() {
+    let text = format!(
+        "{BASE}
+[[plugin]]
+name = \"a\"
+world = \"metre\"
+wasm = \"a.wasm\"
+sockets = true
+grants = {{ http = [\"no-port\"], files = [\"/\"] }}
+limits = {{ deadline_ms = 0 }}
+
+[[plugin]]
+name = \"b\"
+world = \"meter\"
+wasm = \"b.wasm\"
+
+[[plugin]]
+name = \"b\"
+world = \"policy\"
+wasm = \"\"
+"
+    );
+    let e = errs(&text);
+    assert_err(
+        &e,
+        "plugin[0].world",
+        line_of(&text, "\"metre\""),
+        "unknown world",
+    );
+    assert_err(
+        &e,
+        "plugin[0].sockets",
+        line_of(&text, "sockets"),
+        "unknown key",
+    );
+    assert_err(
+        &e,
+        "plugin[0].grants.http",
+        line_of(&text, "no-port"),
+        "not host:port",
+    );
+    assert_err(
+        &e,
+        "plugin[0].grants.files",
+        line_of(&text, "no-port"),
+        "unknown key",
+    );
+    assert_err(
+        &e,
+        "plugin[0].limits.deadline_ms",
+        line_of(&text, "deadline_ms = 0"),
+        "between 1 and 60000",
+    );
+    assert_err(
+        &e,
+        "plugin[2].wasm",
+        line_of(&text, "wasm = \"\""),
+        "must not be empty",
+    );
+
+    let dup = format!(
+        "{BASE}
+[[plugin]]
+name = \"m\"
+world = \"meter\"
+wasm = \"m.wasm\"
+
+[[plugin]]
+name = \"m\"
+world = \"meter\"
+wasm = \"n.wasm\"
+"
+    );
+    let e = errs(&dup);
+    let second = dup
+        .rfind("name = \"m\"")
+        .map(|i| dup[..i].matches('\n').count() + 1)
+        .expect("line");
+    assert_err(&e, "plugin[1].name", second, "already used by plugin[0]");
+
+    let bad_name =
+        format!("{BASE}\n[[plugin]]\nname = \"has space\"\nworld = \"meter\"\nwasm = \"x.wasm\"\n");
+    let e = errs(&bad_name);
+    assert_err(
+        &e,
+        "plugin[0]",
+        line_of(&bad_name, "[[plugin]]"),
+        "invalid configuration",
+    );
+}

@@ -1123,3 +1123,48 @@ fn samples_with_equal_timestamps_are_all_kept_and_exact_repeats_once() {
     let energies: Vec<_> = kept.iter().map(|s| s.energy_wh).collect();
     assert_eq!(energies, vec![Some(1_000.0), Some(1_050.0)]);
 }
+
+#[test]
+fn plugin_kv_is_per_plugin_and_survives_reopen() {
+    let dir = tmp();
+    {
+        let store = open(&dir);
+        store
+            .plugin_kv_put("peak", "month", Some(b"2026-03"))
+            .expect("put");
+        store
+            .plugin_kv_put("peak", "max_w", Some(&[1, 2, 3]))
+            .expect("put");
+        // A plugin whose name extends another's must not see the other's keys.
+        store
+            .plugin_kv_put("peak-2", "month", Some(b"other"))
+            .expect("put");
+        store
+            .plugin_kv_put("peak", "gone", Some(b"x"))
+            .expect("put");
+        store.plugin_kv_put("peak", "gone", None).expect("delete");
+        store.flush().expect("flush");
+    }
+    let store = open(&dir);
+    assert_eq!(
+        store.plugin_kv_entries("peak").expect("entries"),
+        vec![
+            ("max_w".to_string(), vec![1, 2, 3]),
+            ("month".to_string(), b"2026-03".to_vec())
+        ]
+    );
+    assert_eq!(
+        store.plugin_kv_entries("peak-2").expect("entries"),
+        vec![("month".to_string(), b"other".to_vec())]
+    );
+    assert!(
+        store
+            .plugin_kv_entries("nobody")
+            .expect("entries")
+            .is_empty()
+    );
+    let err = store
+        .plugin_kv_put("bad\0name", "k", Some(b"v"))
+        .expect_err("NUL in a plugin name");
+    assert!(matches!(err, StoreError::Invalid { .. }), "{err:?}");
+}

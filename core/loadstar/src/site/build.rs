@@ -29,6 +29,7 @@ const ROOT_KEYS: &[&str] = &[
     "store",
     "api",
     "logging",
+    "plugin",
 ];
 const SITE_KEYS: &[&str] = &["name", "timezone"];
 const GRID_KEYS: &[&str] = &["type", "voltage", "limit_a", "limit_kw"];
@@ -129,6 +130,7 @@ pub(crate) fn build(
     let store = read_store(&root, base_dir, &mut d);
     let api = read_api(&root, &mut d);
     let logging = read_logging(&root, &mut d);
+    let plugins = super::plugins::read_plugins(&root, base_dir, &mut d);
 
     if let (Some(csms), Some(api)) = (&csms, &api) {
         check_listeners(&root, csms, api, &mut d);
@@ -160,6 +162,7 @@ pub(crate) fn build(
     match config {
         Some(mut config) if errors.is_empty() => {
             config.warnings = warnings;
+            config.plugins = plugins.unwrap_or_default();
             Ok(config)
         }
         _ => Err(ConfigErrors { errors, warnings }),
@@ -1712,6 +1715,7 @@ fn assemble(
         store: store?,
         api: api?,
         logging: logging?,
+        plugins: Vec::new(),
         warnings: Vec::new(),
         circuit_index,
         station_index,

@@ -30,6 +30,8 @@ const OPEN_SESSIONS: &str = "open_sessions";
 const SESSIONS_BY_START: &str = "sessions_by_start";
 const SAMPLES: &str = "samples";
 const SAMPLES_DOWNSAMPLED: &str = "samples_downsampled";
+// Added without a schema bump: an older build never opens it, and a new one finds it empty.
+const PLUGIN_KV: &str = "plugin_kv";
 
 const KEY_SCHEMA_VERSION: &[u8] = b"schema_version";
 const KEY_LAST_TRANSACTION_ID: &[u8] = b"last_transaction_id";
@@ -102,6 +104,7 @@ struct Trees {
     sessions_by_start: Tree,
     samples: Tree,
     samples_downsampled: Tree,
+    plugin_kv: Tree,
 }
 
 impl Trees {
@@ -114,6 +117,7 @@ impl Trees {
             sessions_by_start: db.open_tree(SESSIONS_BY_START)?,
             samples: db.open_tree(SAMPLES)?,
             samples_downsampled: db.open_tree(SAMPLES_DOWNSAMPLED)?,
+            plugin_kv: db.open_tree(PLUGIN_KV)?,
         })
     }
 }
@@ -862,6 +866,47 @@ impl Store for SledStore {
         self.db.flush()?;
         Ok(())
     }
+
+    fn plugin_kv_entries(&self, plugin: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let prefix = plugin_kv_prefix(plugin)?;
+        let mut out = Vec::new();
+        for item in self.t.plugin_kv.scan_prefix(&prefix) {
+            let (key, value) = item?;
+            match std::str::from_utf8(&key[prefix.len()..]) {
+                Ok(k) => out.push((k.to_string(), value.to_vec())),
+                Err(_) => {
+                    error!(key = %show(&key), "store: skipping a plugin key that is not UTF-8")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn plugin_kv_put(
+        &self,
+        plugin: &str,
+        key: &str,
+        value: Option<&[u8]>,
+    ) -> Result<(), StoreError> {
+        let mut full = plugin_kv_prefix(plugin)?;
+        full.extend_from_slice(key.as_bytes());
+        match value {
+            Some(v) => self.t.plugin_kv.insert(full, v)?,
+            None => self.t.plugin_kv.remove(full)?,
+        };
+        Ok(())
+    }
+}
+
+fn plugin_kv_prefix(plugin: &str) -> Result<Vec<u8>, StoreError> {
+    if plugin.is_empty() || plugin.as_bytes().contains(&keys::SEP) {
+        return Err(StoreError::Invalid {
+            what: format!("plugin name {plugin:?} is empty or contains a NUL byte"),
+        });
+    }
+    let mut prefix = plugin.as_bytes().to_vec();
+    prefix.push(keys::SEP);
+    Ok(prefix)
 }
 
 // ------------------------------------------------------------------------------- helpers

@@ -1,0 +1,132 @@
+//! `cargo bench -p loadstar --bench plugins`: the plugin host's costs.
+//!
+//! - `read/fixed`: a steady-state meter read with one host call (the clock);
+//! - `evaluate/100-evse`: a policy call with a 100-EVSE snapshot (the probe policy: halves the
+//!   root limit, one hint), lifting and lowering the whole snapshot;
+//! - `load/memory`: load from a component this host compiled (InstancePre) plus the first read
+//!   (instantiation included);
+//! - `load/disk`: the same from the on-disk artifact (deserialization included);
+//! - `load/compile`: the same with a cold compile (cranelift).
+//!
+//! Baseline in the same run: `baseline/block_on`, the cost of driving an empty future on the
+//! same runtime, which every measured call here also pays.
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use loadstar::clock::Clock;
+use loadstar::plugins::wit::{EvseState, EvseStatus, Node, PerLine, SiteSnapshot};
+use loadstar::plugins::{CacheOutcome, HostOptions, PluginHost, PluginSpec, World};
+use loadstar::store::{SledStore, Store};
+use loadstar_plugin_artifacts::{PROBE_METER, PROBE_POLICY};
+
+fn spec(name: &str, world: World, mode: &str) -> PluginSpec {
+    let mut spec = PluginSpec::new(name, world);
+    spec.config.insert("mode".into(), mode.into());
+    spec
+}
+
+fn snapshot(evses: usize) -> SiteSnapshot {
+    let line = |a: f64| PerLine {
+        l1: Some(a),
+        l2: Some(a),
+        l3: Some(a),
+    };
+    SiteSnapshot {
+        now: 1_780_000_000_000,
+        time_zone: "Europe/Amsterdam".into(),
+        nominal_voltage: 230.0,
+        nodes: vec![Node {
+            id: "grid".into(),
+            parent: None,
+            limit: line(400.0),
+        }],
+        evses: (0..evses)
+            .map(|i| EvseState {
+                id: format!("CP-{i:03}/1"),
+                node: "grid".into(),
+                status: EvseStatus::Charging,
+                session_active: true,
+                min_current: 6.0,
+                max_current: 16.0,
+                setpoint: Some(10.0),
+                measured: line(9.8),
+                session_energy: Some(1200.0),
+            })
+            .collect(),
+        meters: Vec::new(),
+        prices: Vec::new(),
+        solar: Vec::new(),
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store: Arc<dyn Store> =
+        Arc::new(SledStore::open(&dir.path().join("store")).expect("store"));
+    let options = HostOptions {
+        cache_dir: Some(dir.path().join("plugin-cache")),
+    };
+    let host = PluginHost::new(options, store.clone(), Clock::real()).expect("host");
+
+    c.bench_function("baseline/block_on", |b| {
+        b.iter(|| rt.block_on(async { black_box(1) }))
+    });
+
+    let mut meter = host
+        .load_meter(spec("m", World::Meter, "fixed"), PROBE_METER)
+        .expect("load");
+    rt.block_on(meter.read()).expect("first read");
+    c.bench_function("read/fixed", |b| {
+        b.iter(|| rt.block_on(meter.read()).expect("read"))
+    });
+
+    let mut policy = host
+        .load_policy(spec("p", World::Policy, "ok"), PROBE_POLICY)
+        .expect("load");
+    let snap = snapshot(100);
+    rt.block_on(policy.evaluate(&snap)).expect("first evaluate");
+    c.bench_function("evaluate/100-evse", |b| {
+        b.iter(|| rt.block_on(policy.evaluate(&snap)).expect("evaluate"))
+    });
+
+    let mut group = c.benchmark_group("load");
+    group.sample_size(20);
+    for (name, forget, expected) in [
+        ("memory", false, CacheOutcome::Memory),
+        ("disk", true, CacheOutcome::Disk),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                if forget {
+                    host.forget_compiled();
+                }
+                let mut m = host
+                    .load_meter(spec("m", World::Meter, "fixed"), PROBE_METER)
+                    .expect("load");
+                assert_eq!(m.status().loaded_from, expected);
+                rt.block_on(m.read()).expect("read")
+            })
+        });
+    }
+    let cold = PluginHost::new(HostOptions::default(), store, Clock::real()).expect("host");
+    group.bench_function("compile", |b| {
+        b.iter(|| {
+            cold.forget_compiled();
+            let mut m = cold
+                .load_meter(spec("m", World::Meter, "fixed"), PROBE_METER)
+                .expect("load");
+            assert_eq!(m.status().loaded_from, CacheOutcome::Compiled);
+            rt.block_on(m.read()).expect("read")
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,13 @@
+//! The plugins workspace's components, built for wasm32-wasip2 by this crate's build script,
+//! for the host's tests and benchmarks (a dev-dependency; the `loadstar` binary does not embed
+//! them).
+
+/// `plugins/fixtures/probe-meter`: a meter whose config's `mode` picks a behaviour.
+pub const PROBE_METER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/probe_meter.wasm"));
+
+/// `plugins/fixtures/probe-policy`: a policy whose config's `mode` picks a behaviour.
+pub const PROBE_POLICY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/probe_policy.wasm"));
+
+/// `plugins/http-json-meter`: the reference HTTP/JSON meter.
+pub const HTTP_JSON_METER: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/http_json_meter.wasm"));
