@@ -259,3 +259,41 @@ async fn a_short_run_counts_only_the_cars_it_saw() {
         report.site.len()
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_drive_without_control_lines_up_with_the_uncontrolled_baseline() {
+    // Runner (b) over simulated stations against a CSMS that sends no profile, and runner (a)'s
+    // uncontrolled policy in virtual time, on the same plan: the same day, the same KPIs (the
+    // stations take a few seconds to boot and start their transactions), the same table.
+    use loadstar_sims::baseline::{Policy, RunConfig, run_policy};
+    use loadstar_sims::kpi::{Kpis, markdown_table};
+
+    let plan = parse("two-cars.toml", PLAN).unwrap();
+    let (driven, _) = drive(&plan, None).await;
+    let baseline = run_policy(&plan, Policy::Uncontrolled, None, RunConfig::default()).unwrap();
+    let (d, b) = (&driven.kpis, &baseline.kpis);
+    assert!(
+        (d.delivered_kwh - b.delivered_kwh).abs() < 0.1,
+        "{d:?} vs {b:?}"
+    );
+    assert!((d.requested_kwh - b.requested_kwh).abs() < 1e-9);
+    let (dv, bv) = (&d.violations, &b.violations);
+    assert!(
+        (dv.total_amp_s - bv.total_amp_s).abs() < 3.0 * 8.0 * 10.0,
+        "{dv:?} vs {bv:?}"
+    );
+    assert!((dv.controller_amp_s - bv.controller_amp_s).abs() < 3.0 * 8.0 * 10.0);
+    assert_eq!(dv.worst.map(|w| w.amps), bv.worst.map(|w| w.amps));
+    assert!((d.energy_cost - b.energy_cost).abs() < 1e-9);
+    assert_eq!(d.reached_target, b.reached_target);
+    assert_eq!(driven.vehicles.len(), baseline.vehicles.len());
+
+    let table = markdown_table(&plan.name, [("loadstar", d), ("uncontrolled", b)]);
+    let columns = |line: &str| line.matches('|').count();
+    let header = Kpis::TABLE_HEADER.lines().next().unwrap();
+    let rows: Vec<&str> = table.lines().filter(|l| l.starts_with("| ")).collect();
+    assert_eq!(rows.len(), 3, "{table}");
+    for row in rows {
+        assert_eq!(columns(row), columns(header), "{row}");
+    }
+}
