@@ -648,6 +648,19 @@ impl Baselines {
             self.feasible.0,
             self.feasible.1
         );
+        // The rule, in numbers: each row's energy as a share of the optimum's.
+        if self.optimum_energy_wh > 0.0 {
+            let shares: Vec<String> = self
+                .rows
+                .iter()
+                .filter(|(label, ..)| label != OPTIMUM)
+                .map(|(label, _, r)| {
+                    let share = r.kpis.delivered_kwh * 1000.0 / self.optimum_energy_wh;
+                    format!("{label} {:.1} %", share * 100.0)
+                })
+                .collect();
+            let _ = writeln!(out, "Energy against the optimum's: {}.", shares.join(", "));
+        }
         out
     }
 }
