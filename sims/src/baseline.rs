@@ -619,6 +619,9 @@ pub struct Baselines {
     pub optimum_ev_cost: f64,
     /// Vehicles whose target the optimum met, of all.
     pub feasible: (usize, usize),
+    /// Per visit: whether the car reaches its target with the site to itself
+    /// ([`feasible_alone`]).
+    pub feasible_alone: Vec<bool>,
 }
 
 /// Label of the LP row.
@@ -661,6 +664,31 @@ impl Baselines {
                 .collect();
             let _ = writeln!(out, "Energy against the optimum's: {}.", shares.join(", "));
         }
+        // Who could finish with the site to itself, and who did: the "reached target" the
+        // optimum's verdict cannot give while it meets no target.
+        let alone = self.feasible_alone.iter().filter(|f| **f).count();
+        let reached: Vec<String> = self
+            .rows
+            .iter()
+            .filter(|(label, ..)| label != OPTIMUM)
+            .map(|(label, _, r)| {
+                let n = r
+                    .vehicles
+                    .iter()
+                    .zip(&self.feasible_alone)
+                    .filter(|((_, delivered, requested), ok)| {
+                        **ok && (delivered + 0.001 >= *requested)
+                    })
+                    .count();
+                format!("{label} {n}")
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "Targets reachable with the site to itself: {alone} of {}; reached: {}.",
+            self.feasible_alone.len(),
+            reached.join(", ")
+        );
         out
     }
 }
@@ -691,5 +719,40 @@ pub fn baselines(plan: &Plan, config: RunConfig) -> Result<Baselines, RunError> 
         optimum_energy_wh: optimum.result.plan.energy_wh,
         optimum_ev_cost: optimum.result.plan.cost,
         feasible: (feasible, optimum.result.feasible.len()),
+        feasible_alone: feasible_alone(plan, config)?,
     })
+}
+
+/// Per visit: whether the car, with the site to itself (all the headroom limit − base + PV on
+/// its lines, up to its max, through the EV model at `config.tick`), reaches its target by
+/// departure. An upper bound on who can finish at all; the optimum's verdict also weighs
+/// everyone else's needs.
+pub fn feasible_alone(plan: &Plan, config: RunConfig) -> Result<Vec<bool>, RunError> {
+    let (tick, _) = ticks(config)?;
+    let dt = config.tick.as_secs_f64();
+    let site = &plan.site;
+    plan.visits
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let mut ev = Ev::new(v.ev.clone()).map_err(|source| RunError::Ev {
+                id: v.id_tag.clone(),
+                source,
+            })?;
+            let circuit = plan.stations[v.station].config.circuit;
+            let max = max_amps(plan, i);
+            let mut t = v.arrive;
+            while t < v.depart.min(plan.end) && !ev.satisfied() {
+                let headroom = site.limit_at(t) - site.base_amps(t) + site.pv_amps(t);
+                let amps = circuit.max_amps_within(v.ev.phases, &headroom).min(max);
+                ev.step(
+                    amps,
+                    dt.min((v.depart - t).num_milliseconds() as f64 / 1000.0),
+                    &circuit,
+                );
+                t += tick;
+            }
+            Ok(ev.satisfied())
+        })
+        .collect()
 }

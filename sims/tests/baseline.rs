@@ -161,3 +161,35 @@ fn bad_ticks_are_errors() {
         ));
     }
 }
+
+#[test]
+fn a_car_a_policy_brings_to_target_could_finish_alone() {
+    // With the site to itself a car gets at least what any limit-keeping policy gives it, so
+    // whoever a baseline brings to target is feasible alone; and in this oversubscribed
+    // scenario not everyone is.
+    let plan = scenario("apartment-block");
+    let config = coarse();
+    let table = baselines(&plan, config).unwrap();
+    let alone = &table.feasible_alone;
+    assert_eq!(alone.len(), plan.visits.len());
+    assert!(
+        alone.iter().any(|f| *f) && alone.iter().any(|f| !f),
+        "{alone:?}"
+    );
+    for label in ["equal share", "first come, first served"] {
+        let report = table.row(label).unwrap();
+        for ((id, delivered, requested), ok) in report.vehicles.iter().zip(alone) {
+            if delivered + 0.001 >= *requested {
+                assert!(
+                    ok,
+                    "{label}: {id} reached its target but is not feasible alone"
+                );
+            }
+        }
+    }
+    assert!(
+        table
+            .markdown()
+            .contains("Targets reachable with the site to itself")
+    );
+}
