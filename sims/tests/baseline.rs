@@ -11,7 +11,7 @@ use std::time::Duration;
 use loadstar_sims::baseline::{
     Policy, RunConfig, RunError, baselines, offline_optimum, run_followed, run_optimum, run_policy,
 };
-use loadstar_sims::scenario::{Plan, load};
+use loadstar_sims::scenario::{Plan, load, parse};
 
 fn scenario(name: &str) -> Plan {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -192,4 +192,77 @@ fn a_car_a_policy_brings_to_target_could_finish_alone() {
             .markdown()
             .contains("Targets reachable with the site to itself")
     );
+}
+
+/// Two 16-A three-phase cars for one hour on a 24-A connection, nothing else on it.
+const TWO_CARS: &str = r#"name = "two-cars"
+seed = 3
+start = "2026-03-02T07:59:00Z"
+duration_h = 2
+
+[site]
+grid = "wye"
+phase_voltage_v = 230
+limit_a = 24
+base_load = [{ at = "00:00", w = 0 }]
+
+[[stations]]
+id_prefix = "S"
+count = 2
+version = "1.6"
+wiring = "three_phase"
+
+[[vehicles]]
+at = "S"
+count = 2
+arrive = "00:01"
+depart = "01:01"
+capacity_kwh = 60
+arrival_soc = 0.2
+target_soc = 0.9
+"#;
+
+#[test]
+fn two_cars_on_a_tight_connection_match_the_hand_worked_figures() {
+    let plan = parse("two-cars.toml", TWO_CARS).unwrap();
+    let config = RunConfig::default();
+    // 1 A on three phases at 230 V for an hour is 0.69 kWh.
+    let kwh_per_amp_hour = 3.0 * 230.0 / 1000.0;
+    let close = |a: f64, b: f64| (a - b).abs() < 0.01;
+
+    // Uncontrolled: both at 16 A, 8 A over on each line for the hour, the controller's.
+    let free = run_policy(&plan, Policy::Uncontrolled, None, config).unwrap();
+    assert!(close(
+        free.kpis.delivered_kwh,
+        2.0 * 16.0 * kwh_per_amp_hour
+    ));
+    let v = &free.kpis.violations;
+    assert!(
+        (v.controller_amp_s - 3.0 * 8.0 * 3600.0).abs() < 1.0,
+        "{v:?}"
+    );
+    assert!(v.worst.is_some_and(|w| (w.amps - 8.0).abs() < 1e-9));
+
+    // Equal share: 12 A each. First come, first served (same arrival: list order): 16 A for the
+    // first, the 8 A left for the second. Both fill the connection, within the limit.
+    let equal = run_policy(&plan, Policy::EqualShare, None, config).unwrap();
+    for (_, delivered, _) in &equal.vehicles {
+        assert!(close(*delivered, 12.0 * kwh_per_amp_hour), "{delivered}");
+    }
+    let fcfs = run_policy(&plan, Policy::FirstComeFirstServed, None, config).unwrap();
+    let mut got: Vec<f64> = fcfs.vehicles.iter().map(|v| v.1).collect();
+    got.sort_by(f64::total_cmp);
+    assert!(close(got[0], 8.0 * kwh_per_amp_hour), "{got:?}");
+    assert!(close(got[1], 16.0 * kwh_per_amp_hour), "{got:?}");
+    for r in [&equal, &fcfs] {
+        assert!(
+            r.kpis.violations.total_amp_s < 1e-6,
+            "{:?}",
+            r.kpis.violations
+        );
+    }
+
+    // The optimum can do no worse than filling the connection for the hour.
+    let optimum = offline_optimum(&plan).unwrap();
+    assert!(optimum.result.plan.energy_wh / 1000.0 >= 24.0 * kwh_per_amp_hour - 0.01);
 }
