@@ -68,6 +68,18 @@ async fn main() -> anyhow::Result<()> {
         anyhow::bail!("driving a CSMS takes exactly one --scenario");
     };
     let plan = scenario::load(scenario_file).map_err(anyhow::Error::msg)?;
+    // Which targets were feasible at all, so the row counts the vehicles the baselines count.
+    let feasible = match baseline::offline_optimum(&plan) {
+        Ok(optimum) => plan
+            .visits
+            .iter()
+            .map(|v| optimum.result.feasible_for(&v.id_tag))
+            .collect(),
+        Err(e) => {
+            tracing::warn!(%e, "no offline optimum: every vehicle's target counts");
+            Vec::new()
+        }
+    };
     let from = parse_hhmm(&args.from).context("--from must be HH:MM")?;
     // The one wall-clock read: where simulated time meets real time.
     let now = chrono::Utc::now();
@@ -116,6 +128,7 @@ async fn main() -> anyhow::Result<()> {
         DriveConfig {
             control_tick: Duration::from_secs(args.control_tick_s),
             until,
+            feasible,
             ..DriveConfig::default()
         },
     )
