@@ -31,6 +31,10 @@ pub struct DriveConfig {
     pub control_tick: Duration,
     /// Stop early (e.g. a short real-time run); `None` runs the whole plan.
     pub until: Option<DateTime<Utc>>,
+    /// Per visit (in [`Plan::visits`] order): whether its target was feasible, from the
+    /// offline optimum (`baseline::offline_optimum`), so "reached target" counts the same
+    /// vehicles as the baselines' rows. Empty or `None`: unknown, counted.
+    pub feasible: Vec<Option<bool>>,
 }
 
 impl Default for DriveConfig {
@@ -39,6 +43,7 @@ impl Default for DriveConfig {
             tick: Duration::from_secs(1),
             control_tick: Duration::from_secs(5),
             until: None,
+            feasible: Vec::new(),
         }
     }
 }
@@ -238,7 +243,7 @@ where
         .map(|&i| VehicleOutcome {
             requested_wh: plan.visits[i].ev.requested_wh(),
             delivered_wh: delivered[i],
-            feasible: None,
+            feasible: config.feasible.get(i).copied().flatten(),
         })
         .collect();
     let vehicles = seen

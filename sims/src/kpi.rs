@@ -96,6 +96,8 @@ pub struct Kpis {
     pub delivered_kwh: f64,
     /// Of the vehicles whose target was feasible (all, where unknown), the share that reached it.
     pub reached_target_share: f64,
+    /// The counts behind it: (reached, vehicles counted).
+    pub reached_target: (usize, usize),
     pub import_kwh: f64,
     pub export_kwh: f64,
     pub pv_kwh: f64,
@@ -272,6 +274,7 @@ impl Accumulator {
             violations: self.violations,
             requested_kwh: wh_to_kwh(vehicles.iter().map(|v| v.requested_wh).sum()),
             delivered_kwh: wh_to_kwh(vehicles.iter().map(|v| v.delivered_wh).sum()),
+            reached_target: (reached, counted.len()),
             reached_target_share: if counted.is_empty() {
                 1.0
             } else {
@@ -301,7 +304,7 @@ impl Accumulator {
 
 impl Kpis {
     /// The header of [`Self::table_row`].
-    pub const TABLE_HEADER: &'static str = "| policy | delivered kWh | requested kWh | reached target | cost | PV self-use | Jain | A·s over (controller / lag / building / stations) | worst A | profiles/station/h (mean, max) |\n|---|---|---|---|---|---|---|---|---|---|";
+    pub const TABLE_HEADER: &'static str = "| policy | delivered kWh | requested kWh | reached target (of feasible) | cost | PV self-use | Jain | A·s over (controller / lag / building / stations) | worst A | profiles/station/h (mean, max) |\n|---|---|---|---|---|---|---|---|---|---|";
 
     /// One Markdown table row for `policy`.
     pub fn table_row(&self, policy: &str) -> String {
@@ -309,10 +312,17 @@ impl Kpis {
         // `+ 0.0`: an empty f64 sum is -0.0, which would print as "-0.0".
         let stations: f64 = v.stations_amp_s.iter().sum::<f64>() + 0.0;
         format!(
-            "| {policy} | {:.1} | {:.1} | {:.1} % | {:.2} | {:.1} % | {:.3} | {:.1} ({:.1} / {:.1} / {:.1} / {:.1}) | {:.1} | {:.2}, {:.2} |",
+            "| {policy} | {:.1} | {:.1} | {} of {} ({}) | {:.2} | {:.1} % | {:.3} | {:.1} ({:.1} / {:.1} / {:.1} / {:.1}) | {:.1} | {:.2}, {:.2} |",
             self.delivered_kwh,
             self.requested_kwh,
-            self.reached_target_share * 100.0,
+            self.reached_target.0,
+            self.reached_target.1,
+            // No feasible vehicle: a share of nothing is no score.
+            if self.reached_target.1 == 0 {
+                "–".to_owned()
+            } else {
+                format!("{:.1} %", self.reached_target_share * 100.0)
+            },
             self.energy_cost,
             self.pv_self_consumption * 100.0,
             self.jain_fairness,
@@ -326,4 +336,18 @@ impl Kpis {
             self.profiles_per_station_hour.1,
         )
     }
+}
+
+/// A scenario's KPI table in Markdown: a `###` title, the header, one row per `(label, kpis)`.
+/// Both runners print this, so the CSMS under test lines up with the baselines.
+pub fn markdown_table<'a>(
+    title: &str,
+    rows: impl IntoIterator<Item = (&'a str, &'a Kpis)>,
+) -> String {
+    let mut out = format!("### {title}\n\n{}\n", Kpis::TABLE_HEADER);
+    for (label, kpis) in rows {
+        out.push_str(&kpis.table_row(label));
+        out.push('\n');
+    }
+    out
 }

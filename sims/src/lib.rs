@@ -3,6 +3,7 @@
 //! Invariant: depends on the two pure crates (`loadstar-ocpp`, `loadstar-optimizer`), never on
 //! `loadstar`, so that `loadstar demo` and `loadstar simulate` can use it.
 
+pub mod baseline;
 pub mod client;
 pub mod drive;
 pub mod ev;

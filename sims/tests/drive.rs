@@ -119,6 +119,18 @@ async fn drive_until(
     default_limit: Option<f64>,
     until: Option<chrono::DateTime<chrono::Utc>>,
 ) -> (loadstar_sims::drive::Report, MeterReading) {
+    let config = DriveConfig {
+        until,
+        ..DriveConfig::default()
+    };
+    drive_with(plan, default_limit, config).await
+}
+
+async fn drive_with(
+    plan: &loadstar_sims::scenario::Plan,
+    default_limit: Option<f64>,
+    config: DriveConfig,
+) -> (loadstar_sims::drive::Report, MeterReading) {
     let (pipes, mut incoming) = mpsc::channel::<DuplexStream>(16);
     tokio::spawn(async move {
         while let Some(io) = incoming.recv().await {
@@ -143,10 +155,7 @@ async fn drive_until(
         dial,
         SimClock::starting_at(plan.start),
         &meter,
-        DriveConfig {
-            until,
-            ..DriveConfig::default()
-        },
+        config,
     )
     .await;
     let last = *reading.borrow();
@@ -258,4 +267,59 @@ async fn a_short_run_counts_only_the_cars_it_saw() {
         "{}",
         report.site.len()
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_drive_without_control_lines_up_with_the_uncontrolled_baseline() {
+    // Runner (b) over simulated stations against a CSMS that sends no profile, and runner (a)'s
+    // uncontrolled policy in virtual time, on the same plan: the same day, the same KPIs (the
+    // stations take a few seconds to boot and start their transactions), the same table.
+    use loadstar_sims::baseline::{Policy, RunConfig, offline_optimum, run_policy};
+    use loadstar_sims::kpi::{Kpis, markdown_table};
+
+    let plan = parse("two-cars.toml", PLAN).unwrap();
+    // Both count "reached target" over the vehicles the optimum says were feasible.
+    let optimum = offline_optimum(&plan).unwrap();
+    let feasible = plan
+        .visits
+        .iter()
+        .map(|v| optimum.result.feasible_for(&v.id_tag))
+        .collect();
+    let config = DriveConfig {
+        feasible,
+        ..DriveConfig::default()
+    };
+    let (driven, _) = drive_with(&plan, None, config).await;
+    let baseline = run_policy(
+        &plan,
+        Policy::Uncontrolled,
+        Some(&optimum),
+        RunConfig::default(),
+    )
+    .unwrap();
+    let (d, b) = (&driven.kpis, &baseline.kpis);
+    assert!(
+        (d.delivered_kwh - b.delivered_kwh).abs() < 0.1,
+        "{d:?} vs {b:?}"
+    );
+    assert!((d.requested_kwh - b.requested_kwh).abs() < 1e-9);
+    let (dv, bv) = (&d.violations, &b.violations);
+    assert!(
+        (dv.total_amp_s - bv.total_amp_s).abs() < 3.0 * 8.0 * 10.0,
+        "{dv:?} vs {bv:?}"
+    );
+    assert!((dv.controller_amp_s - bv.controller_amp_s).abs() < 3.0 * 8.0 * 10.0);
+    assert_eq!(dv.worst.map(|w| w.amps), bv.worst.map(|w| w.amps));
+    assert!((d.energy_cost - b.energy_cost).abs() < 1e-9);
+    assert_eq!(d.reached_target, b.reached_target);
+    assert_eq!(driven.vehicles.len(), baseline.vehicles.len());
+
+    let table = markdown_table(&plan.name, [("loadstar", d), ("uncontrolled", b)]);
+    let columns = |line: &str| line.matches('|').count();
+    let header = Kpis::TABLE_HEADER.lines().next().unwrap();
+    let rows: Vec<&str> = table.lines().filter(|l| l.starts_with("| ")).collect();
+    assert_eq!(rows.len(), 3, "{table}");
+    for row in rows {
+        assert_eq!(columns(row), columns(header), "{row}");
+    }
 }

@@ -206,12 +206,16 @@ fn energy_cost_pv_and_fairness() {
     assert!(close(k.requested_kwh, 70.0));
     // The infeasible one does not count against the share.
     assert!(close(k.reached_target_share, 0.5));
+    assert_eq!(k.reached_target, (1, 2));
     // Served fractions 1, 0.5, 0.
     assert!(close(k.jain_fairness, 1.5 * 1.5 / (3.0 * 1.25)));
     assert!(close(k.profiles_per_station_hour.0, 1.0));
     assert!(close(k.profiles_per_station_hour.1, 2.0));
     let row = k.table_row("test");
-    assert!(row.starts_with("| test | 15.0 | 70.0 | 50.0 % |"), "{row}");
+    assert!(
+        row.starts_with("| test | 15.0 | 70.0 | 1 of 2 (50.0 %) |"),
+        "{row}"
+    );
     // No station over-drew: an empty sum must not print as "-0.0".
     assert!(!row.contains("-0.0"), "{row}");
 }
