@@ -10,7 +10,9 @@
 //!
 //! Constraints:
 //! * `0 ≤ x[e][t] ≤ max_a · f[e][t]`, with `f` the share of the slot inside the window
-//!   (arrival to departure), so a half-present slot allows half the energy;
+//!   (arrival to departure), so a half-present slot allows half the energy. The current while
+//!   present is `x / f`: limits bound that, as if everyone present in a slot were there at
+//!   once (safe when windows start or end inside a slot);
 //! * every node, line and slot: `Σ coef · x ≤ headroom` (forecast limit minus forecast
 //!   uncontrolled load, DR and policy limits folded in by the caller). Rows that cannot bind
 //!   are left out, one-member rows become bounds, and balanced three-phase members of a node
@@ -22,7 +24,9 @@
 //! * every slot with a surplus: `g[t] ≥ Σ_e energy(x[e][t]) − surplus[t]`, `g ≥ 0`.
 //!
 //! Objective, in order of weight:
-//! 1. shortfall, at [`PlanProblem::shortfall_penalty_per_kwh`] (far above any price);
+//! 1. shortfall, at [`PlanProblem::shortfall_penalty_per_kwh`] (far above any price), a few
+//!    per cent more for smaller needs ([`SMALLER_NEED_PREFERENCE`]) so that when not every
+//!    need can be met, whole targets are met rather than every one partly;
 //! 2. cost: the slot price times the grid energy (all EV energy where there is no surplus);
 //! 3. self-consumption: a small [`SOLAR_PREFERENCE_PER_KWH`] on grid energy, so that with equal
 //!    prices the surplus is used first; and a tiny preference for earlier slots, so that ties
@@ -49,6 +53,10 @@ pub const SOLAR_PREFERENCE_PER_KWH: f64 = 1e-3;
 
 /// Weight per kWh and per slot of delay: a tie-breaker towards earlier slots.
 pub const EARLIER_PREFERENCE_PER_KWH: f64 = 1e-5;
+
+/// Relative extra shortfall weight for the EV with the smallest need (falling to 0 for the
+/// largest): the tie-break that finishes whole targets instead of spreading a shortfall.
+pub const SMALLER_NEED_PREFERENCE: f64 = 0.05;
 
 /// The solver's feasibility and gap tolerances.
 pub const SOLVER_TOLERANCE: f64 = 1e-7;
@@ -326,6 +334,21 @@ fn solve(problem: &PlanProblem, presence: &[Vec<f64>]) -> Result<Plan, String> {
     let mut tapers: Vec<Option<Chain>> = Vec::with_capacity(problem.evs.len());
     let mut shortfall: Vec<Option<Variable>> = Vec::with_capacity(problem.evs.len());
     let mut objective = Expression::with_capacity(problem.evs.len() * n_slots);
+    // Shortfall weights: equal weights leave the solver free to spread the shortfall over
+    // every EV (an interior point does), so nobody's target is met. Slightly higher weights
+    // for smaller needs make it finish the EVs it can finish first, at the same total energy.
+    let mut by_need: Vec<usize> = (0..problem.evs.len()).collect();
+    by_need.sort_by(|&a, &b| {
+        problem.evs[a]
+            .energy_wh
+            .total_cmp(&problem.evs[b].energy_wh)
+            .then(a.cmp(&b))
+    });
+    let mut shortfall_weight = vec![problem.shortfall_penalty_per_kwh; problem.evs.len()];
+    let n_evs = problem.evs.len().max(1) as f64;
+    for (rank, &e) in by_need.iter().enumerate() {
+        shortfall_weight[e] *= 1.0 + SMALLER_NEED_PREFERENCE * (n_evs - rank as f64) / n_evs;
+    }
     for (e, ev) in problem.evs.iter().enumerate() {
         let coef = ev.circuit.line_coefficients(ev.ev_phases);
         let mut row = Vec::with_capacity(n_slots);
@@ -335,7 +358,8 @@ fn solve(problem: &PlanProblem, presence: &[Vec<f64>]) -> Result<Plan, String> {
             for nd in path(ev.node) {
                 for line in Line::ALL {
                     if coef[line] > 0.0 {
-                        ub = ub.min(headroom(nd, t, line) / coef[line]);
+                        // Limits hold the current while present (x / f), not the slot average.
+                        ub = ub.min(headroom(nd, t, line) / coef[line] * presence[e][t]);
                     }
                 }
             }
@@ -352,7 +376,7 @@ fn solve(problem: &PlanProblem, presence: &[Vec<f64>]) -> Result<Plan, String> {
         }
         let s = (ev.energy_wh > 0.0).then(|| {
             let v = vars.add(variable().min(0.0).max(wh_to_kwh(ev.energy_wh)));
-            objective.add_mul(problem.shortfall_penalty_per_kwh, v);
+            objective.add_mul(shortfall_weight[e], v);
             v
         });
         // The taper only matters if the need can carry the EV past its start.
@@ -417,7 +441,7 @@ fn solve(problem: &PlanProblem, presence: &[Vec<f64>]) -> Result<Plan, String> {
                 for line in Line::ALL {
                     if coefs[e][line] > 0.0 {
                         count[nd][line.index()] += 1;
-                        most[nd][line] += coefs[e][line] * upper[e][t];
+                        most[nd][line] += coefs[e][line] * upper[e][t] / presence[e][t];
                     }
                 }
             }
@@ -450,7 +474,7 @@ fn solve(problem: &PlanProblem, presence: &[Vec<f64>]) -> Result<Plan, String> {
                     .iter()
                     .copied()
                     .filter(|&e| coefs[e][line] > 0.0 && !(aggregate.is_some() && balanced[e]))
-                    .map(|e| (e, coefs[e][line]))
+                    .map(|e| (e, coefs[e][line] / presence[e][t]))
                     .collect();
                 rows.push(NodeRow {
                     members: row_members,
@@ -532,7 +556,7 @@ fn solve(problem: &PlanProblem, presence: &[Vec<f64>]) -> Result<Plan, String> {
         let mut expr = Expression::from(y);
         for e in members {
             if let Some(v) = x[e][t] {
-                expr.add_mul(-1.0, v);
+                expr.add_mul(-1.0 / presence[e][t], v);
             }
         }
         debug_assert!(nd < problem.nodes.len());
