@@ -664,8 +664,8 @@ impl Baselines {
                 .collect();
             let _ = writeln!(out, "Energy against the optimum's: {}.", shares.join(", "));
         }
-        // Who could finish with the site to itself, and who did: the "reached target" the
-        // optimum's verdict cannot give while it meets no target.
+        // Who could finish with the site to itself, and who did: a looser count than the
+        // optimum's verdict (everyone else away).
         let alone = self.feasible_alone.iter().filter(|f| **f).count();
         let reached: Vec<String> = self
             .rows
