@@ -10,6 +10,7 @@ const PLUGINS: &[(&str, &str)] = &[
     ("probe-meter", "probe_meter.wasm"),
     ("probe-policy", "probe_policy.wasm"),
     ("http-json-meter", "http_json_meter.wasm"),
+    ("peak-shaving", "peak_shaving.wasm"),
 ];
 
 fn main() {
@@ -27,6 +28,7 @@ fn main() {
         "sdk",
         "fixtures",
         "http-json-meter",
+        "peak-shaving",
     ] {
         println!("cargo:rerun-if-changed={}", plugins.join(watched).display());
     }

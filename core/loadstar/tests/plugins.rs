@@ -8,13 +8,15 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use loadstar::clock::Clock;
-use loadstar::plugins::wit::{EvseState, EvseStatus, Node, PerLine, SiteSnapshot};
+use loadstar::plugins::wit::{
+    EvseState, EvseStatus, MeterReading, Node, PerLine, Reading, SiteSnapshot,
+};
 use loadstar::plugins::{
     CacheOutcome, HostOptions, MeterPlugin, PluginError, PluginHealth, PluginHost, PluginSpec,
     PolicyPlugin, World,
 };
 use loadstar::store::{SledStore, Store};
-use loadstar_plugin_artifacts::{PROBE_METER, PROBE_POLICY};
+use loadstar_plugin_artifacts::{PEAK_SHAVING, PROBE_METER, PROBE_POLICY};
 use serde_json::json;
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -837,6 +839,134 @@ async fn http_json_meter_with_a_bad_config_fails_with_the_reason() {
     assert!(matches!(err, PluginError::Plugin { .. }), "{err:?}");
     assert!(err.to_string().contains("unknown preset"), "{err}");
     server.abort();
+}
+
+// ------------------------------------------------------------------------ peak-shaving
+
+/// 2026-06-01T00:00:00Z, a quarter-hour boundary.
+const JUNE: i64 = 1_780_272_000_000;
+const MINUTE: i64 = 60_000;
+
+/// A site with a 63 A grid connection whose meter imports `import_w`.
+fn grid_snapshot(now: i64, import_w: f64) -> SiteSnapshot {
+    let mut s = snapshot(2);
+    s.now = now;
+    s.meters = vec![MeterReading {
+        meter: "grid-meter".into(),
+        node: Some("grid".into()),
+        reading: Reading {
+            timestamp: Some(now),
+            current: PerLine {
+                l1: None,
+                l2: None,
+                l3: None,
+            },
+            voltage: PerLine {
+                l1: None,
+                l2: None,
+                l3: None,
+            },
+            power: PerLine {
+                l1: None,
+                l2: None,
+                l3: None,
+            },
+            total_power: Some(import_w),
+            energy_import: None,
+            energy_export: None,
+        },
+    }];
+    s
+}
+
+fn peak_shaving(f: &Fixture, config: serde_json::Value) -> PolicyPlugin {
+    f.host
+        .load_policy(spec("peak", World::Policy, config), PEAK_SHAVING)
+        .expect("load peak-shaving")
+}
+
+/// The grid limit per line the policy returns for this snapshot.
+async fn grid_cap(plugin: &mut PolicyPlugin, snapshot: &SiteSnapshot) -> (f64, String) {
+    let c = plugin.evaluate(snapshot).await.expect("evaluate");
+    assert_eq!(c.limits.len(), 1, "{c:?}");
+    let l = &c.limits[0];
+    assert_eq!(l.node, "grid");
+    assert_eq!(l.start, snapshot.now);
+    assert_eq!(
+        l.end,
+        snapshot.now - snapshot.now % (15 * MINUTE) + 15 * MINUTE
+    );
+    let a = l.limit.l1.expect("a limit on L1");
+    assert_eq!((l.limit.l2, l.limit.l3), (Some(a), Some(a)), "balanced");
+    (a, l.reason.clone())
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() < 1e-9
+}
+
+#[tokio::test]
+async fn peak_shaving_learns_the_months_peak_and_keeps_it_across_a_restart() {
+    let f = fixture();
+    let config = json!({ "target_kw": "learn", "min_target_kw": 4.0 });
+    let mut plugin = peak_shaving(&f, config.clone());
+    // No peak yet: the 4 kW floor, spread over three lines at 230 V.
+    let (a, reason) = grid_cap(&mut plugin, &grid_snapshot(JUNE, 6_000.0)).await;
+    assert!(close(a, 4_000.0 / 690.0), "{a} A");
+    assert!(reason.contains("no peak yet"), "{reason}");
+    // 6 kW held through the quarter: June's peak is 6 kW and becomes the target.
+    let (a, reason) = grid_cap(&mut plugin, &grid_snapshot(JUNE + 15 * MINUTE, 3_000.0)).await;
+    assert!(close(a, 6_000.0 / 690.0), "{a} A");
+    assert!(reason.contains("2026-06 peak 6.00 kW"), "{reason}");
+    // 3 kW for 5 minutes spent 15 of the 90 kW·min: 75 kW·min over the last 10 minutes.
+    let (a, _) = grid_cap(&mut plugin, &grid_snapshot(JUNE + 20 * MINUTE, 3_000.0)).await;
+    assert!(close(a, 7_500.0 / 690.0), "{a} A");
+    drop(plugin);
+
+    // A new instance (fresh memory) finds June's peak in its key-value store.
+    let mut plugin = peak_shaving(&f, config);
+    let (a, reason) = grid_cap(&mut plugin, &grid_snapshot(JUNE + 45 * MINUTE, 0.0)).await;
+    assert!(close(a, 6_000.0 / 690.0), "{a} A");
+    assert!(reason.contains("2026-06 peak 6.00 kW"), "{reason}");
+    assert!(
+        f.store
+            .plugin_kv_entries("peak")
+            .expect("kv")
+            .iter()
+            .any(|(k, v)| k == "peak" && String::from_utf8_lossy(v).contains("2026-06")),
+        "the peak is persisted under `peak`"
+    );
+}
+
+#[tokio::test]
+async fn peak_shaving_never_exceeds_the_site_limit_and_reports_bad_input() {
+    let f = fixture();
+    let mut plugin = peak_shaving(&f, json!({ "target_kw": 100.0, "margin_kw": 1.0 }));
+    let (a, _) = grid_cap(&mut plugin, &grid_snapshot(JUNE, 0.0)).await;
+    assert_eq!(
+        a, 63.0,
+        "99 kW is more than the 63 A connection: the connection's limit"
+    );
+
+    let mut no_meter = grid_snapshot(JUNE + MINUTE, 0.0);
+    no_meter.meters.clear();
+    let err = plugin.evaluate(&no_meter).await.expect_err("no meter");
+    assert!(
+        err.to_string().contains("no reading of the grid meter"),
+        "{err}"
+    );
+
+    let f = fixture();
+    let mut bad = peak_shaving(&f, json!({ "target_kw": "learn" }));
+    let err = bad
+        .evaluate(&grid_snapshot(JUNE, 0.0))
+        .await
+        .expect_err("bad config");
+    assert!(matches!(err, PluginError::Plugin { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("min_target_kw is required"),
+        "{err}"
+    );
 }
 
 // ------------------------------------------------------------------------------ reload

@@ -11,3 +11,6 @@ pub const PROBE_POLICY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/probe_
 /// `plugins/http-json-meter`: the reference HTTP/JSON meter.
 pub const HTTP_JSON_METER: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/http_json_meter.wasm"));
+
+/// `plugins/peak-shaving`: the reference capacity-tariff policy (monthly 15-minute peak).
+pub const PEAK_SHAVING: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/peak_shaving.wasm"));
