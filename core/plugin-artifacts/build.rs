@@ -11,6 +11,7 @@ const PLUGINS: &[(&str, &str)] = &[
     ("probe-policy", "probe_policy.wasm"),
     ("http-json-meter", "http_json_meter.wasm"),
     ("peak-shaving", "peak_shaving.wasm"),
+    ("solar-surplus", "solar_surplus.wasm"),
 ];
 
 fn main() {
@@ -29,6 +30,7 @@ fn main() {
         "fixtures",
         "http-json-meter",
         "peak-shaving",
+        "solar-surplus",
     ] {
         println!("cargo:rerun-if-changed={}", plugins.join(watched).display());
     }

@@ -16,7 +16,7 @@ use loadstar::plugins::{
     PolicyPlugin, World,
 };
 use loadstar::store::{SledStore, Store};
-use loadstar_plugin_artifacts::{PEAK_SHAVING, PROBE_METER, PROBE_POLICY};
+use loadstar_plugin_artifacts::{PEAK_SHAVING, PROBE_METER, PROBE_POLICY, SOLAR_SURPLUS};
 use serde_json::json;
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -967,6 +967,104 @@ async fn peak_shaving_never_exceeds_the_site_limit_and_reports_bad_input() {
         err.to_string().contains("min_target_kw is required"),
         "{err}"
     );
+}
+
+// ----------------------------------------------------------------------- solar-surplus
+
+/// The surplus offered (A on L1, the same on L2 and L3) and the chosen EVSE's hint weight.
+async fn surplus(plugin: &mut PolicyPlugin, snapshot: &SiteSnapshot) -> (f64, f64, String) {
+    let c = plugin.evaluate(snapshot).await.expect("evaluate");
+    assert!(c.limits.is_empty(), "surplus only, no limits: {c:?}");
+    assert_eq!(c.solar.len(), 1, "{c:?}");
+    let s = &c.solar[0];
+    assert_eq!((s.start, s.end), (snapshot.now, snapshot.now + 60_000));
+    let a = s.surplus.l1.expect("L1");
+    assert_eq!((s.surplus.l2, s.surplus.l3), (Some(a), Some(a)));
+    assert_eq!(c.hints.len(), 1);
+    assert_eq!(c.hints[0].evse, "CP-0/1");
+    (
+        a,
+        c.hints[0].weight.expect("a weight"),
+        c.hints[0].reason.clone(),
+    )
+}
+
+#[tokio::test]
+async fn solar_surplus_switches_on_and_holds_through_a_cloud_across_a_restart() {
+    let f = fixture();
+    let config = json!({ "evses": ["CP-0/1"], "min_on_s": 300 });
+    let load = || {
+        f.host
+            .load_policy(spec("solar", World::Policy, config.clone()), SOLAR_SURPLUS)
+            .expect("load solar-surplus")
+    };
+    // Each EVSE draws 9.8 A on three lines (6762 W); the site exports 1 kW: CP-0/1 may keep
+    // its 6762 W plus the 1 kW export.
+    let draw = 9.8 * 3.0 * 230.0;
+    let mut plugin = load();
+    let (a, weight, _) = surplus(&mut plugin, &grid_snapshot(JUNE, -1_000.0)).await;
+    assert!(close(a, (draw + 1_000.0) / 690.0), "{a} A");
+    assert_eq!(weight, 1.0);
+    // A cloud: the site imports 5 kW, less surplus than CP-0/1's 6 A minimum, but it was
+    // switched on 2 minutes ago: it is offered its minimum.
+    let (a, weight, reason) =
+        surplus(&mut plugin, &grid_snapshot(JUNE + 2 * MINUTE, 5_000.0)).await;
+    assert!(close(a, 6.0), "{a} A");
+    assert_eq!(weight, 1.0, "{reason}");
+    drop(plugin);
+
+    // A new instance remembers the switch-on time from kv: still held at 3 minutes ...
+    let mut plugin = load();
+    let (a, weight, _) = surplus(&mut plugin, &grid_snapshot(JUNE + 3 * MINUTE, 5_000.0)).await;
+    assert!(close(a, 6.0), "{a} A");
+    assert_eq!(weight, 1.0);
+    // ... and off once the 5 minutes are over, offered only the measured surplus.
+    let (a, weight, reason) =
+        surplus(&mut plugin, &grid_snapshot(JUNE + 6 * MINUTE, 5_000.0)).await;
+    assert!(close(a, (draw - 5_000.0) / 690.0), "{a} A");
+    assert_eq!(weight, 0.0);
+    assert!(reason.contains("below its minimum"), "{reason}");
+}
+
+#[tokio::test]
+async fn solar_surplus_reports_a_missing_meter_and_a_bad_config() {
+    let f = fixture();
+    let mut plugin = f
+        .host
+        .load_policy(
+            spec(
+                "solar",
+                World::Policy,
+                json!({ "evses": ["CP-0/1"], "pv_meter": "pv" }),
+            ),
+            SOLAR_SURPLUS,
+        )
+        .expect("load");
+    let err = plugin
+        .evaluate(&grid_snapshot(JUNE, -1_000.0))
+        .await
+        .expect_err("no PV reading");
+    assert!(
+        err.to_string().contains("no reading of the PV meter"),
+        "{err}"
+    );
+    let mut bad = f
+        .host
+        .load_policy(
+            spec(
+                "bad",
+                World::Policy,
+                json!({ "evses": ["CP-0/1"], "phases": 2 }),
+            ),
+            SOLAR_SURPLUS,
+        )
+        .expect("load");
+    let err = bad
+        .evaluate(&grid_snapshot(JUNE, 0.0))
+        .await
+        .expect_err("bad");
+    assert!(matches!(err, PluginError::Plugin { .. }), "{err:?}");
+    assert!(err.to_string().contains("phases must be 1 or 3"), "{err}");
 }
 
 // ------------------------------------------------------------------------------ reload

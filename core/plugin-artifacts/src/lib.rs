@@ -14,3 +14,6 @@ pub const HTTP_JSON_METER: &[u8] =
 
 /// `plugins/peak-shaving`: the reference capacity-tariff policy (monthly 15-minute peak).
 pub const PEAK_SHAVING: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/peak_shaving.wasm"));
+
+/// `plugins/solar-surplus`: the reference policy for charging on solar surplus only.
+pub const SOLAR_SURPLUS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/solar_surplus.wasm"));
