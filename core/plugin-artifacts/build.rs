@@ -12,6 +12,7 @@ const PLUGINS: &[(&str, &str)] = &[
     ("http-json-meter", "http_json_meter.wasm"),
     ("peak-shaving", "peak_shaving.wasm"),
     ("solar-surplus", "solar_surplus.wasm"),
+    ("tou-tariff", "tou_tariff.wasm"),
 ];
 
 fn main() {
@@ -31,6 +32,7 @@ fn main() {
         "http-json-meter",
         "peak-shaving",
         "solar-surplus",
+        "tou-tariff",
     ] {
         println!("cargo:rerun-if-changed={}", plugins.join(watched).display());
     }

@@ -16,7 +16,9 @@ use loadstar::plugins::{
     PolicyPlugin, World,
 };
 use loadstar::store::{SledStore, Store};
-use loadstar_plugin_artifacts::{PEAK_SHAVING, PROBE_METER, PROBE_POLICY, SOLAR_SURPLUS};
+use loadstar_plugin_artifacts::{
+    PEAK_SHAVING, PROBE_METER, PROBE_POLICY, SOLAR_SURPLUS, TOU_TARIFF,
+};
 use serde_json::json;
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -1065,6 +1067,56 @@ async fn solar_surplus_reports_a_missing_meter_and_a_bad_config() {
         .expect_err("bad");
     assert!(matches!(err, PluginError::Plugin { .. }), "{err:?}");
     assert!(err.to_string().contains("phases must be 1 or 3"), "{err}");
+}
+
+// -------------------------------------------------------------------------- tou-tariff
+
+#[tokio::test]
+async fn tou_tariff_prices_local_hours_and_holidays_through_the_host() {
+    let f = fixture();
+    let config = json!({
+        "default_price": 0.25,
+        "periods": [
+            { "days": ["all"], "from": 23, "to": 7, "price": 0.20 },
+            { "days": ["weekdays"], "from": 7, "to": 23, "price": 0.30 },
+        ],
+        "holidays": ["2026-06-02"],
+        "horizon_h": 48,
+    });
+    let mut plugin = f
+        .host
+        .load_policy(spec("tou", World::Policy, config), TOU_TARIFF)
+        .expect("load tou-tariff");
+    // Monday 2026-06-01 00:00Z is 02:00 in Amsterdam (CEST, UTC+2), the snapshot's zone.
+    let c = plugin
+        .evaluate(&grid_snapshot(JUNE, 0.0))
+        .await
+        .expect("evaluate");
+    assert!(c.limits.is_empty() && c.solar.is_empty() && c.hints.is_empty());
+    assert_eq!(c.prices.len(), 192, "48 h of quarter-hours");
+    assert_eq!(
+        (c.prices[0].start, c.prices[0].end),
+        (JUNE, JUNE + 15 * MINUTE)
+    );
+    let at = |h: i64, m: i64| {
+        c.prices
+            .iter()
+            .find(|p| p.start == JUNE + h * 60 * MINUTE + m * MINUTE)
+            .map(|p| p.price)
+    };
+    assert_eq!(at(4, 45), Some(0.20), "06:45 local: night");
+    assert_eq!(at(5, 0), Some(0.30), "07:00 local on a Monday: day");
+    assert_eq!(at(21, 0), Some(0.20), "23:00 local: night");
+    assert_eq!(
+        at(24 + 10, 0),
+        Some(0.25),
+        "Tuesday 12:00 local, a holiday: Sunday's price"
+    );
+
+    let mut elsewhere = grid_snapshot(JUNE, 0.0);
+    elsewhere.time_zone = "Atlantis/Capital".into();
+    let err = plugin.evaluate(&elsewhere).await.expect_err("bad zone");
+    assert!(err.to_string().contains("unknown time zone"), "{err}");
 }
 
 // ------------------------------------------------------------------------------ reload

@@ -17,3 +17,6 @@ pub const PEAK_SHAVING: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/peak_s
 
 /// `plugins/solar-surplus`: the reference policy for charging on solar surplus only.
 pub const SOLAR_SURPLUS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/solar_surplus.wasm"));
+
+/// `plugins/tou-tariff`: the reference time-of-use tariff (weekday and hour, holidays, DST).
+pub const TOU_TARIFF: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/tou_tariff.wasm"));
