@@ -13,6 +13,7 @@ const PLUGINS: &[(&str, &str)] = &[
     ("peak-shaving", "peak_shaving.wasm"),
     ("solar-surplus", "solar_surplus.wasm"),
     ("tou-tariff", "tou_tariff.wasm"),
+    ("sunspec-meter", "sunspec_meter.wasm"),
 ];
 
 fn main() {
@@ -33,6 +34,7 @@ fn main() {
         "peak-shaving",
         "solar-surplus",
         "tou-tariff",
+        "sunspec-meter",
     ] {
         println!("cargo:rerun-if-changed={}", plugins.join(watched).display());
     }

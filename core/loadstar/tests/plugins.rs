@@ -17,7 +17,7 @@ use loadstar::plugins::{
 };
 use loadstar::store::{SledStore, Store};
 use loadstar_plugin_artifacts::{
-    PEAK_SHAVING, PROBE_METER, PROBE_POLICY, SOLAR_SURPLUS, TOU_TARIFF,
+    PEAK_SHAVING, PROBE_METER, PROBE_POLICY, SOLAR_SURPLUS, SUNSPEC_METER, TOU_TARIFF,
 };
 use serde_json::json;
 use tempfile::TempDir;
@@ -1117,6 +1117,68 @@ async fn tou_tariff_prices_local_hours_and_holidays_through_the_host() {
     elsewhere.time_zone = "Atlantis/Capital".into();
     let err = plugin.evaluate(&elsewhere).await.expect_err("bad zone");
     assert!(err.to_string().contains("unknown time zone"), "{err}");
+}
+
+// ----------------------------------------------------------------------- sunspec-meter
+
+#[tokio::test]
+async fn sunspec_meter_reads_the_sims_modbus_meter_and_reports_a_server_gone() {
+    use loadstar_optimizer::model::PerLine as Lines;
+    use loadstar_sims::site::MeterReading as SimReading;
+
+    let (_tx, rx) = tokio::sync::watch::channel(SimReading {
+        at: None,
+        amps: Lines::new(10.0, -2.5, 8.0),
+        watts: Lines::new(2300.0, -575.0, 1840.0),
+        volts: Lines::new(230.0, 231.5, 229.0),
+        import_wh: 123_456.0,
+        export_wh: 789.0,
+    });
+    let served = loadstar_sims::meter::serve_sunspec(rx, "SN-1")
+        .await
+        .expect("sunspec server");
+    let endpoint = served.addr.to_string();
+    let f = fixture();
+    let mut s = spec("grid", World::Meter, json!({ "endpoint": endpoint }));
+    s.grants.modbus = vec![endpoint.clone()];
+    let mut meter = f
+        .host
+        .load_meter(s, SUNSPEC_METER)
+        .expect("load sunspec-meter");
+    // Twice: the first walks the chain (marker at 40000, model 1, model 203), the second reads
+    // the model's address directly.
+    for _ in 0..2 {
+        let r = meter.read().await.expect("read");
+        assert_eq!(
+            (r.current.l1, r.current.l2, r.current.l3),
+            (Some(10.0), Some(-2.5), Some(8.0))
+        );
+        assert_eq!(
+            (r.voltage.l1, r.voltage.l2, r.voltage.l3),
+            (Some(230.0), Some(231.5), Some(229.0))
+        );
+        assert_eq!(
+            (r.power.l1, r.power.l2, r.power.l3),
+            (Some(2300.0), Some(-575.0), Some(1840.0))
+        );
+        assert_eq!(r.total_power, Some(3565.0));
+        assert_eq!(r.energy_import, Some(123_456.0));
+        assert_eq!(r.energy_export, Some(789.0));
+    }
+
+    // Not granted: denied, and said so.
+    let mut s = spec("ungranted", World::Meter, json!({ "endpoint": endpoint }));
+    s.grants.modbus = Vec::new();
+    let mut denied = f.host.load_meter(s, SUNSPEC_METER).expect("load");
+    let err = denied.read().await.expect_err("denied");
+    assert!(err.to_string().contains("is not granted"), "{err}");
+
+    // The device goes away: an error with the reason, not a trap.
+    drop(served);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let err = meter.read().await.expect_err("server gone");
+    assert!(matches!(err, PluginError::Plugin { .. }), "{err:?}");
+    assert!(err.to_string().contains(&endpoint), "{err}");
 }
 
 // ------------------------------------------------------------------------------ reload

@@ -20,3 +20,6 @@ pub const SOLAR_SURPLUS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/solar
 
 /// `plugins/tou-tariff`: the reference time-of-use tariff (weekday and hour, holidays, DST).
 pub const TOU_TARIFF: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/tou_tariff.wasm"));
+
+/// `plugins/sunspec-meter`: the reference SunSpec meter over Modbus TCP.
+pub const SUNSPEC_METER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sunspec_meter.wasm"));
