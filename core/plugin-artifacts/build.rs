@@ -14,6 +14,7 @@ const PLUGINS: &[(&str, &str)] = &[
     ("solar-surplus", "solar_surplus.wasm"),
     ("tou-tariff", "tou_tariff.wasm"),
     ("sunspec-meter", "sunspec_meter.wasm"),
+    ("day-ahead-price", "day_ahead_price.wasm"),
 ];
 
 fn main() {
@@ -35,6 +36,7 @@ fn main() {
         "solar-surplus",
         "tou-tariff",
         "sunspec-meter",
+        "day-ahead-price",
     ] {
         println!("cargo:rerun-if-changed={}", plugins.join(watched).display());
     }

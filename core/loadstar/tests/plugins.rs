@@ -17,7 +17,8 @@ use loadstar::plugins::{
 };
 use loadstar::store::{SledStore, Store};
 use loadstar_plugin_artifacts::{
-    PEAK_SHAVING, PROBE_METER, PROBE_POLICY, SOLAR_SURPLUS, SUNSPEC_METER, TOU_TARIFF,
+    DAY_AHEAD_PRICE, PEAK_SHAVING, PROBE_METER, PROBE_POLICY, SOLAR_SURPLUS, SUNSPEC_METER,
+    TOU_TARIFF,
 };
 use serde_json::json;
 use tempfile::TempDir;
@@ -1179,6 +1180,104 @@ async fn sunspec_meter_reads_the_sims_modbus_meter_and_reports_a_server_gone() {
     let err = meter.read().await.expect_err("server gone");
     assert!(matches!(err, PluginError::Plugin { .. }), "{err:?}");
     assert!(err.to_string().contains(&endpoint), "{err}");
+}
+
+// --------------------------------------------------------------------- day-ahead-price
+
+fn day_ahead(f: &Fixture, name: &str, addr: std::net::SocketAddr) -> PolicyPlugin {
+    let mut s = spec(
+        name,
+        World::Policy,
+        json!({ "url": format!("http://{addr}/tariff"), "refresh_s": 60 }),
+    );
+    s.grants.http = vec![addr.to_string()];
+    f.host
+        .load_policy(s, DAY_AHEAD_PRICE)
+        .expect("load day-ahead-price")
+}
+
+#[tokio::test]
+async fn day_ahead_price_fetches_the_sims_feed_and_answers_from_kv_when_it_is_gone() {
+    use loadstar_sims::meter::TariffSlot;
+    let at = |ms: i64| DateTime::<Utc>::from_timestamp_millis(ms).expect("time");
+    // Four quarter-hours, then an hourly block.
+    let mut slots: Vec<TariffSlot> = (0..4)
+        .map(|i| TariffSlot {
+            start: at(JUNE + i * 15 * MINUTE),
+            end: at(JUNE + (i + 1) * 15 * MINUTE),
+            price: [0.30, 0.31, 0.32, 0.33][i as usize],
+        })
+        .collect();
+    slots.push(TariffSlot {
+        start: at(JUNE + 60 * MINUTE),
+        end: at(JUNE + 120 * MINUTE),
+        price: 0.20,
+    });
+    let (_tx, rx) = tokio::sync::watch::channel(slots);
+    let served = loadstar_sims::meter::serve_tariff(rx)
+        .await
+        .expect("tariff feed");
+    let addr = served.addr;
+
+    let f = fixture();
+    let mut plugin = day_ahead(&f, "prices", addr);
+    let c = plugin
+        .evaluate(&grid_snapshot(JUNE, 0.0))
+        .await
+        .expect("evaluate");
+    let got: Vec<(i64, i64, f64)> = c.prices.iter().map(|p| (p.start, p.end, p.price)).collect();
+    assert_eq!(got.len(), 5);
+    assert_eq!(got[0], (JUNE, JUNE + 15 * MINUTE, 0.30));
+    assert_eq!(got[3], (JUNE + 45 * MINUTE, JUNE + 60 * MINUTE, 0.33));
+    assert_eq!(got[4], (JUNE + 60 * MINUTE, JUNE + 120 * MINUTE, 0.20));
+    assert!(
+        c.prices[0].reason.contains("fetched"),
+        "{}",
+        c.prices[0].reason
+    );
+    drop(plugin);
+
+    // The feed goes away; a new instance, past the refresh time, answers from its kv cache
+    // (the block that is over left out).
+    drop(served);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut plugin = day_ahead(&f, "prices", addr);
+    let c = plugin
+        .evaluate(&grid_snapshot(JUNE + 20 * MINUTE, 0.0))
+        .await
+        .expect("the cached answer");
+    assert_eq!(c.prices.len(), 4);
+    assert_eq!(c.prices[0].start, JUNE + 15 * MINUTE);
+    assert!(
+        c.prices[0].reason.contains("the feed failed"),
+        "{}",
+        c.prices[0].reason
+    );
+
+    // Without a cache, the failure is the answer, with its reason.
+    let mut fresh = day_ahead(&f, "fresh", addr);
+    let err = fresh
+        .evaluate(&grid_snapshot(JUNE, 0.0))
+        .await
+        .expect_err("no cache");
+    assert!(matches!(err, PluginError::Plugin { .. }), "{err:?}");
+    assert!(err.to_string().contains("no cached prices"), "{err}");
+}
+
+#[tokio::test]
+async fn day_ahead_price_reports_a_garbage_feed() {
+    let served = loadstar_sims::meter::serve_http(Arc::new(|path: &str| {
+        (path == "/tariff").then(|| "<html>maintenance</html>".to_string())
+    }))
+    .await
+    .expect("server");
+    let f = fixture();
+    let mut plugin = day_ahead(&f, "garbage", served.addr);
+    let err = plugin
+        .evaluate(&grid_snapshot(JUNE, 0.0))
+        .await
+        .expect_err("garbage");
+    assert!(err.to_string().contains("not JSON"), "{err}");
 }
 
 // ------------------------------------------------------------------------------ reload

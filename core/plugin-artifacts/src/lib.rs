@@ -23,3 +23,7 @@ pub const TOU_TARIFF: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/tou_tari
 
 /// `plugins/sunspec-meter`: the reference SunSpec meter over Modbus TCP.
 pub const SUNSPEC_METER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sunspec_meter.wasm"));
+
+/// `plugins/day-ahead-price`: the reference day-ahead price feed (HTTP, cached in kv).
+pub const DAY_AHEAD_PRICE: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/day_ahead_price.wasm"));
