@@ -10,6 +10,11 @@ const PLUGINS: &[(&str, &str)] = &[
     ("probe-meter", "probe_meter.wasm"),
     ("probe-policy", "probe_policy.wasm"),
     ("http-json-meter", "http_json_meter.wasm"),
+    ("peak-shaving", "peak_shaving.wasm"),
+    ("solar-surplus", "solar_surplus.wasm"),
+    ("tou-tariff", "tou_tariff.wasm"),
+    ("sunspec-meter", "sunspec_meter.wasm"),
+    ("day-ahead-price", "day_ahead_price.wasm"),
 ];
 
 fn main() {
@@ -27,6 +32,11 @@ fn main() {
         "sdk",
         "fixtures",
         "http-json-meter",
+        "peak-shaving",
+        "solar-surplus",
+        "tou-tariff",
+        "sunspec-meter",
+        "day-ahead-price",
     ] {
         println!("cargo:rerun-if-changed={}", plugins.join(watched).display());
     }

@@ -3,6 +3,10 @@
 //! - `read/fixed`: a steady-state meter read with one host call (the clock);
 //! - `evaluate/100-evse`: a policy call with a 100-EVSE snapshot (the probe policy: halves the
 //!   root limit, one hint), lifting and lowering the whole snapshot;
+//! - `evaluate/peak-shaving-100-evse`: the `peak-shaving` reference policy on the same snapshot
+//!   plus a grid meter reading (a limit for the rest of the quarter; no kv write in steady state);
+//! - `evaluate/probe-0-evse`: the probe policy with no EVSEs, so the difference to
+//!   `evaluate/100-evse` is what the 100 EVSEs cost to pass in;
 //! - `load/memory`: load from a component this host compiled (InstancePre) plus the first read
 //!   (instantiation included);
 //! - `load/disk`: the same from the on-disk artifact (deserialization included);
@@ -16,10 +20,12 @@ use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use loadstar::clock::Clock;
-use loadstar::plugins::wit::{EvseState, EvseStatus, Node, PerLine, SiteSnapshot};
+use loadstar::plugins::wit::{
+    EvseState, EvseStatus, MeterReading, Node, PerLine, Reading, SiteSnapshot,
+};
 use loadstar::plugins::{CacheOutcome, HostOptions, PluginHost, PluginSpec, World};
 use loadstar::store::{SledStore, Store};
-use loadstar_plugin_artifacts::{PROBE_METER, PROBE_POLICY};
+use loadstar_plugin_artifacts::{PEAK_SHAVING, PROBE_METER, PROBE_POLICY};
 
 fn spec(name: &str, world: World, mode: &str) -> PluginSpec {
     let mut spec = PluginSpec::new(name, world);
@@ -93,6 +99,52 @@ fn bench(c: &mut Criterion) {
     rt.block_on(policy.evaluate(&snap)).expect("first evaluate");
     c.bench_function("evaluate/100-evse", |b| {
         b.iter(|| rt.block_on(policy.evaluate(&snap)).expect("evaluate"))
+    });
+    let empty = snapshot(0);
+    c.bench_function("evaluate/probe-0-evse", |b| {
+        b.iter(|| rt.block_on(policy.evaluate(&empty)).expect("evaluate"))
+    });
+
+    let mut peak = host
+        .load_policy(
+            {
+                let mut spec = PluginSpec::new("peak", World::Policy);
+                spec.config.insert("target_kw".into(), 11.0.into());
+                spec
+            },
+            PEAK_SHAVING,
+        )
+        .expect("load peak-shaving");
+    let mut metered = snapshot(100);
+    metered.meters.push(MeterReading {
+        meter: "grid-meter".into(),
+        node: Some("grid".into()),
+        reading: Reading {
+            timestamp: None,
+            current: PerLine {
+                l1: None,
+                l2: None,
+                l3: None,
+            },
+            voltage: PerLine {
+                l1: None,
+                l2: None,
+                l3: None,
+            },
+            power: PerLine {
+                l1: None,
+                l2: None,
+                l3: None,
+            },
+            total_power: Some(9_000.0),
+            energy_import: None,
+            energy_export: None,
+        },
+    });
+    rt.block_on(peak.evaluate(&metered))
+        .expect("first evaluate");
+    c.bench_function("evaluate/peak-shaving-100-evse", |b| {
+        b.iter(|| rt.block_on(peak.evaluate(&metered)).expect("evaluate"))
     });
 
     let mut group = c.benchmark_group("load");

@@ -8,13 +8,18 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use loadstar::clock::Clock;
-use loadstar::plugins::wit::{EvseState, EvseStatus, Node, PerLine, SiteSnapshot};
+use loadstar::plugins::wit::{
+    EvseState, EvseStatus, MeterReading, Node, PerLine, Reading, SiteSnapshot,
+};
 use loadstar::plugins::{
     CacheOutcome, HostOptions, MeterPlugin, PluginError, PluginHealth, PluginHost, PluginSpec,
     PolicyPlugin, World,
 };
 use loadstar::store::{SledStore, Store};
-use loadstar_plugin_artifacts::{PROBE_METER, PROBE_POLICY};
+use loadstar_plugin_artifacts::{
+    DAY_AHEAD_PRICE, PEAK_SHAVING, PROBE_METER, PROBE_POLICY, SOLAR_SURPLUS, SUNSPEC_METER,
+    TOU_TARIFF,
+};
 use serde_json::json;
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -837,6 +842,442 @@ async fn http_json_meter_with_a_bad_config_fails_with_the_reason() {
     assert!(matches!(err, PluginError::Plugin { .. }), "{err:?}");
     assert!(err.to_string().contains("unknown preset"), "{err}");
     server.abort();
+}
+
+// ------------------------------------------------------------------------ peak-shaving
+
+/// 2026-06-01T00:00:00Z, a quarter-hour boundary.
+const JUNE: i64 = 1_780_272_000_000;
+const MINUTE: i64 = 60_000;
+
+/// A site with a 63 A grid connection whose meter imports `import_w`.
+fn grid_snapshot(now: i64, import_w: f64) -> SiteSnapshot {
+    let mut s = snapshot(2);
+    s.now = now;
+    s.meters = vec![MeterReading {
+        meter: "grid-meter".into(),
+        node: Some("grid".into()),
+        reading: Reading {
+            timestamp: Some(now),
+            current: PerLine {
+                l1: None,
+                l2: None,
+                l3: None,
+            },
+            voltage: PerLine {
+                l1: None,
+                l2: None,
+                l3: None,
+            },
+            power: PerLine {
+                l1: None,
+                l2: None,
+                l3: None,
+            },
+            total_power: Some(import_w),
+            energy_import: None,
+            energy_export: None,
+        },
+    }];
+    s
+}
+
+fn peak_shaving(f: &Fixture, config: serde_json::Value) -> PolicyPlugin {
+    f.host
+        .load_policy(spec("peak", World::Policy, config), PEAK_SHAVING)
+        .expect("load peak-shaving")
+}
+
+/// The grid limit per line the policy returns for this snapshot.
+async fn grid_cap(plugin: &mut PolicyPlugin, snapshot: &SiteSnapshot) -> (f64, String) {
+    let c = plugin.evaluate(snapshot).await.expect("evaluate");
+    assert_eq!(c.limits.len(), 1, "{c:?}");
+    let l = &c.limits[0];
+    assert_eq!(l.node, "grid");
+    assert_eq!(l.start, snapshot.now);
+    assert_eq!(
+        l.end,
+        snapshot.now - snapshot.now % (15 * MINUTE) + 15 * MINUTE
+    );
+    let a = l.limit.l1.expect("a limit on L1");
+    assert_eq!((l.limit.l2, l.limit.l3), (Some(a), Some(a)), "balanced");
+    (a, l.reason.clone())
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() < 1e-9
+}
+
+#[tokio::test]
+async fn peak_shaving_learns_the_months_peak_and_keeps_it_across_a_restart() {
+    let f = fixture();
+    let config = json!({ "target_kw": "learn", "min_target_kw": 4.0 });
+    let mut plugin = peak_shaving(&f, config.clone());
+    // No peak yet: the 4 kW floor, spread over three lines at 230 V.
+    let (a, reason) = grid_cap(&mut plugin, &grid_snapshot(JUNE, 6_000.0)).await;
+    assert!(close(a, 4_000.0 / 690.0), "{a} A");
+    assert!(reason.contains("no peak yet"), "{reason}");
+    // 6 kW held through the quarter: June's peak is 6 kW and becomes the target.
+    let (a, reason) = grid_cap(&mut plugin, &grid_snapshot(JUNE + 15 * MINUTE, 3_000.0)).await;
+    assert!(close(a, 6_000.0 / 690.0), "{a} A");
+    assert!(reason.contains("2026-06 peak 6.00 kW"), "{reason}");
+    // 3 kW for 5 minutes spent 15 of the 90 kW·min: 75 kW·min over the last 10 minutes.
+    let (a, _) = grid_cap(&mut plugin, &grid_snapshot(JUNE + 20 * MINUTE, 3_000.0)).await;
+    assert!(close(a, 7_500.0 / 690.0), "{a} A");
+    drop(plugin);
+
+    // A new instance (fresh memory) finds June's peak in its key-value store.
+    let mut plugin = peak_shaving(&f, config);
+    let (a, reason) = grid_cap(&mut plugin, &grid_snapshot(JUNE + 45 * MINUTE, 0.0)).await;
+    assert!(close(a, 6_000.0 / 690.0), "{a} A");
+    assert!(reason.contains("2026-06 peak 6.00 kW"), "{reason}");
+    assert!(
+        f.store
+            .plugin_kv_entries("peak")
+            .expect("kv")
+            .iter()
+            .any(|(k, v)| k == "peak" && String::from_utf8_lossy(v).contains("2026-06")),
+        "the peak is persisted under `peak`"
+    );
+}
+
+#[tokio::test]
+async fn peak_shaving_never_exceeds_the_site_limit_and_reports_bad_input() {
+    let f = fixture();
+    let mut plugin = peak_shaving(&f, json!({ "target_kw": 100.0, "margin_kw": 1.0 }));
+    let (a, _) = grid_cap(&mut plugin, &grid_snapshot(JUNE, 0.0)).await;
+    assert_eq!(
+        a, 63.0,
+        "99 kW is more than the 63 A connection: the connection's limit"
+    );
+
+    let mut no_meter = grid_snapshot(JUNE + MINUTE, 0.0);
+    no_meter.meters.clear();
+    let err = plugin.evaluate(&no_meter).await.expect_err("no meter");
+    assert!(
+        err.to_string().contains("no reading of the grid meter"),
+        "{err}"
+    );
+
+    let f = fixture();
+    let mut bad = peak_shaving(&f, json!({ "target_kw": "learn" }));
+    let err = bad
+        .evaluate(&grid_snapshot(JUNE, 0.0))
+        .await
+        .expect_err("bad config");
+    assert!(matches!(err, PluginError::Plugin { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("min_target_kw is required"),
+        "{err}"
+    );
+}
+
+// ----------------------------------------------------------------------- solar-surplus
+
+/// The surplus offered (A on L1, the same on L2 and L3) and the chosen EVSE's hint weight.
+async fn surplus(plugin: &mut PolicyPlugin, snapshot: &SiteSnapshot) -> (f64, f64, String) {
+    let c = plugin.evaluate(snapshot).await.expect("evaluate");
+    assert!(c.limits.is_empty(), "surplus only, no limits: {c:?}");
+    assert_eq!(c.solar.len(), 1, "{c:?}");
+    let s = &c.solar[0];
+    assert_eq!((s.start, s.end), (snapshot.now, snapshot.now + 60_000));
+    let a = s.surplus.l1.expect("L1");
+    assert_eq!((s.surplus.l2, s.surplus.l3), (Some(a), Some(a)));
+    assert_eq!(c.hints.len(), 1);
+    assert_eq!(c.hints[0].evse, "CP-0/1");
+    (
+        a,
+        c.hints[0].weight.expect("a weight"),
+        c.hints[0].reason.clone(),
+    )
+}
+
+#[tokio::test]
+async fn solar_surplus_switches_on_and_holds_through_a_cloud_across_a_restart() {
+    let f = fixture();
+    let config = json!({ "evses": ["CP-0/1"], "min_on_s": 300 });
+    let load = || {
+        f.host
+            .load_policy(spec("solar", World::Policy, config.clone()), SOLAR_SURPLUS)
+            .expect("load solar-surplus")
+    };
+    // Each EVSE draws 9.8 A on three lines (6762 W); the site exports 1 kW: CP-0/1 may keep
+    // its 6762 W plus the 1 kW export.
+    let draw = 9.8 * 3.0 * 230.0;
+    let mut plugin = load();
+    let (a, weight, _) = surplus(&mut plugin, &grid_snapshot(JUNE, -1_000.0)).await;
+    assert!(close(a, (draw + 1_000.0) / 690.0), "{a} A");
+    assert_eq!(weight, 1.0);
+    // A cloud: the site imports 5 kW, less surplus than CP-0/1's 6 A minimum, but it was
+    // switched on 2 minutes ago: it is offered its minimum.
+    let (a, weight, reason) =
+        surplus(&mut plugin, &grid_snapshot(JUNE + 2 * MINUTE, 5_000.0)).await;
+    assert!(close(a, 6.0), "{a} A");
+    assert_eq!(weight, 1.0, "{reason}");
+    drop(plugin);
+
+    // A new instance remembers the switch-on time from kv: still held at 3 minutes ...
+    let mut plugin = load();
+    let (a, weight, _) = surplus(&mut plugin, &grid_snapshot(JUNE + 3 * MINUTE, 5_000.0)).await;
+    assert!(close(a, 6.0), "{a} A");
+    assert_eq!(weight, 1.0);
+    // ... and off once the 5 minutes are over, offered only the measured surplus.
+    let (a, weight, reason) =
+        surplus(&mut plugin, &grid_snapshot(JUNE + 6 * MINUTE, 5_000.0)).await;
+    assert!(close(a, (draw - 5_000.0) / 690.0), "{a} A");
+    assert_eq!(weight, 0.0);
+    assert!(reason.contains("below its minimum"), "{reason}");
+}
+
+#[tokio::test]
+async fn solar_surplus_reports_a_missing_meter_and_a_bad_config() {
+    let f = fixture();
+    let mut plugin = f
+        .host
+        .load_policy(
+            spec(
+                "solar",
+                World::Policy,
+                json!({ "evses": ["CP-0/1"], "pv_meter": "pv" }),
+            ),
+            SOLAR_SURPLUS,
+        )
+        .expect("load");
+    let err = plugin
+        .evaluate(&grid_snapshot(JUNE, -1_000.0))
+        .await
+        .expect_err("no PV reading");
+    assert!(
+        err.to_string().contains("no reading of the PV meter"),
+        "{err}"
+    );
+    let mut bad = f
+        .host
+        .load_policy(
+            spec(
+                "bad",
+                World::Policy,
+                json!({ "evses": ["CP-0/1"], "phases": 2 }),
+            ),
+            SOLAR_SURPLUS,
+        )
+        .expect("load");
+    let err = bad
+        .evaluate(&grid_snapshot(JUNE, 0.0))
+        .await
+        .expect_err("bad");
+    assert!(matches!(err, PluginError::Plugin { .. }), "{err:?}");
+    assert!(err.to_string().contains("phases must be 1 or 3"), "{err}");
+}
+
+// -------------------------------------------------------------------------- tou-tariff
+
+#[tokio::test]
+async fn tou_tariff_prices_local_hours_and_holidays_through_the_host() {
+    let f = fixture();
+    let config = json!({
+        "default_price": 0.25,
+        "periods": [
+            { "days": ["all"], "from": 23, "to": 7, "price": 0.20 },
+            { "days": ["weekdays"], "from": 7, "to": 23, "price": 0.30 },
+        ],
+        "holidays": ["2026-06-02"],
+        "horizon_h": 48,
+    });
+    let mut plugin = f
+        .host
+        .load_policy(spec("tou", World::Policy, config), TOU_TARIFF)
+        .expect("load tou-tariff");
+    // Monday 2026-06-01 00:00Z is 02:00 in Amsterdam (CEST, UTC+2), the snapshot's zone.
+    let c = plugin
+        .evaluate(&grid_snapshot(JUNE, 0.0))
+        .await
+        .expect("evaluate");
+    assert!(c.limits.is_empty() && c.solar.is_empty() && c.hints.is_empty());
+    assert_eq!(c.prices.len(), 192, "48 h of quarter-hours");
+    assert_eq!(
+        (c.prices[0].start, c.prices[0].end),
+        (JUNE, JUNE + 15 * MINUTE)
+    );
+    let at = |h: i64, m: i64| {
+        c.prices
+            .iter()
+            .find(|p| p.start == JUNE + h * 60 * MINUTE + m * MINUTE)
+            .map(|p| p.price)
+    };
+    assert_eq!(at(4, 45), Some(0.20), "06:45 local: night");
+    assert_eq!(at(5, 0), Some(0.30), "07:00 local on a Monday: day");
+    assert_eq!(at(21, 0), Some(0.20), "23:00 local: night");
+    assert_eq!(
+        at(24 + 10, 0),
+        Some(0.25),
+        "Tuesday 12:00 local, a holiday: Sunday's price"
+    );
+
+    let mut elsewhere = grid_snapshot(JUNE, 0.0);
+    elsewhere.time_zone = "Atlantis/Capital".into();
+    let err = plugin.evaluate(&elsewhere).await.expect_err("bad zone");
+    assert!(err.to_string().contains("unknown time zone"), "{err}");
+}
+
+// ----------------------------------------------------------------------- sunspec-meter
+
+#[tokio::test]
+async fn sunspec_meter_reads_the_sims_modbus_meter_and_reports_a_server_gone() {
+    use loadstar_optimizer::model::PerLine as Lines;
+    use loadstar_sims::site::MeterReading as SimReading;
+
+    let (_tx, rx) = tokio::sync::watch::channel(SimReading {
+        at: None,
+        amps: Lines::new(10.0, -2.5, 8.0),
+        watts: Lines::new(2300.0, -575.0, 1840.0),
+        volts: Lines::new(230.0, 231.5, 229.0),
+        import_wh: 123_456.0,
+        export_wh: 789.0,
+    });
+    let served = loadstar_sims::meter::serve_sunspec(rx, "SN-1")
+        .await
+        .expect("sunspec server");
+    let endpoint = served.addr.to_string();
+    let f = fixture();
+    let mut s = spec("grid", World::Meter, json!({ "endpoint": endpoint }));
+    s.grants.modbus = vec![endpoint.clone()];
+    let mut meter = f
+        .host
+        .load_meter(s, SUNSPEC_METER)
+        .expect("load sunspec-meter");
+    // Twice: the first walks the chain (marker at 40000, model 1, model 203), the second reads
+    // the model's address directly.
+    for _ in 0..2 {
+        let r = meter.read().await.expect("read");
+        assert_eq!(
+            (r.current.l1, r.current.l2, r.current.l3),
+            (Some(10.0), Some(-2.5), Some(8.0))
+        );
+        assert_eq!(
+            (r.voltage.l1, r.voltage.l2, r.voltage.l3),
+            (Some(230.0), Some(231.5), Some(229.0))
+        );
+        assert_eq!(
+            (r.power.l1, r.power.l2, r.power.l3),
+            (Some(2300.0), Some(-575.0), Some(1840.0))
+        );
+        assert_eq!(r.total_power, Some(3565.0));
+        assert_eq!(r.energy_import, Some(123_456.0));
+        assert_eq!(r.energy_export, Some(789.0));
+    }
+
+    // Not granted: denied, and said so.
+    let mut s = spec("ungranted", World::Meter, json!({ "endpoint": endpoint }));
+    s.grants.modbus = Vec::new();
+    let mut denied = f.host.load_meter(s, SUNSPEC_METER).expect("load");
+    let err = denied.read().await.expect_err("denied");
+    assert!(err.to_string().contains("is not granted"), "{err}");
+
+    // The device goes away: an error with the reason, not a trap.
+    drop(served);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let err = meter.read().await.expect_err("server gone");
+    assert!(matches!(err, PluginError::Plugin { .. }), "{err:?}");
+    assert!(err.to_string().contains(&endpoint), "{err}");
+}
+
+// --------------------------------------------------------------------- day-ahead-price
+
+fn day_ahead(f: &Fixture, name: &str, addr: std::net::SocketAddr) -> PolicyPlugin {
+    let mut s = spec(
+        name,
+        World::Policy,
+        json!({ "url": format!("http://{addr}/tariff"), "refresh_s": 60 }),
+    );
+    s.grants.http = vec![addr.to_string()];
+    f.host
+        .load_policy(s, DAY_AHEAD_PRICE)
+        .expect("load day-ahead-price")
+}
+
+#[tokio::test]
+async fn day_ahead_price_fetches_the_sims_feed_and_answers_from_kv_when_it_is_gone() {
+    use loadstar_sims::meter::TariffSlot;
+    let at = |ms: i64| DateTime::<Utc>::from_timestamp_millis(ms).expect("time");
+    // Four quarter-hours, then an hourly block.
+    let mut slots: Vec<TariffSlot> = (0..4)
+        .map(|i| TariffSlot {
+            start: at(JUNE + i * 15 * MINUTE),
+            end: at(JUNE + (i + 1) * 15 * MINUTE),
+            price: [0.30, 0.31, 0.32, 0.33][i as usize],
+        })
+        .collect();
+    slots.push(TariffSlot {
+        start: at(JUNE + 60 * MINUTE),
+        end: at(JUNE + 120 * MINUTE),
+        price: 0.20,
+    });
+    let (_tx, rx) = tokio::sync::watch::channel(slots);
+    let served = loadstar_sims::meter::serve_tariff(rx)
+        .await
+        .expect("tariff feed");
+    let addr = served.addr;
+
+    let f = fixture();
+    let mut plugin = day_ahead(&f, "prices", addr);
+    let c = plugin
+        .evaluate(&grid_snapshot(JUNE, 0.0))
+        .await
+        .expect("evaluate");
+    let got: Vec<(i64, i64, f64)> = c.prices.iter().map(|p| (p.start, p.end, p.price)).collect();
+    assert_eq!(got.len(), 5);
+    assert_eq!(got[0], (JUNE, JUNE + 15 * MINUTE, 0.30));
+    assert_eq!(got[3], (JUNE + 45 * MINUTE, JUNE + 60 * MINUTE, 0.33));
+    assert_eq!(got[4], (JUNE + 60 * MINUTE, JUNE + 120 * MINUTE, 0.20));
+    assert!(
+        c.prices[0].reason.contains("fetched"),
+        "{}",
+        c.prices[0].reason
+    );
+    drop(plugin);
+
+    // The feed goes away; a new instance, past the refresh time, answers from its kv cache
+    // (the block that is over left out).
+    drop(served);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut plugin = day_ahead(&f, "prices", addr);
+    let c = plugin
+        .evaluate(&grid_snapshot(JUNE + 20 * MINUTE, 0.0))
+        .await
+        .expect("the cached answer");
+    assert_eq!(c.prices.len(), 4);
+    assert_eq!(c.prices[0].start, JUNE + 15 * MINUTE);
+    assert!(
+        c.prices[0].reason.contains("the feed failed"),
+        "{}",
+        c.prices[0].reason
+    );
+
+    // Without a cache, the failure is the answer, with its reason.
+    let mut fresh = day_ahead(&f, "fresh", addr);
+    let err = fresh
+        .evaluate(&grid_snapshot(JUNE, 0.0))
+        .await
+        .expect_err("no cache");
+    assert!(matches!(err, PluginError::Plugin { .. }), "{err:?}");
+    assert!(err.to_string().contains("no cached prices"), "{err}");
+}
+
+#[tokio::test]
+async fn day_ahead_price_reports_a_garbage_feed() {
+    let served = loadstar_sims::meter::serve_http(Arc::new(|path: &str| {
+        (path == "/tariff").then(|| "<html>maintenance</html>".to_string())
+    }))
+    .await
+    .expect("server");
+    let f = fixture();
+    let mut plugin = day_ahead(&f, "garbage", served.addr);
+    let err = plugin
+        .evaluate(&grid_snapshot(JUNE, 0.0))
+        .await
+        .expect_err("garbage");
+    assert!(err.to_string().contains("not JSON"), "{err}");
 }
 
 // ------------------------------------------------------------------------------ reload
