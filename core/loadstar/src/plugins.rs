@@ -450,10 +450,7 @@ impl Runtime {
             e.downcast_ref::<wasmtime::Trap>(),
             Some(wasmtime::Trap::Interrupt)
         ) {
-            return PluginError::Timeout {
-                plugin: self.name().to_string(),
-                deadline_ms: self.deadline_ms(),
-            };
+            return self.timeout();
         }
         let mut message = format!("{e:#}");
         if let Some(store) = store {
@@ -467,6 +464,33 @@ impl Runtime {
         PluginError::Trap {
             plugin: self.name().to_string(),
             message: imports::truncate(&message, MAX_ERROR_BYTES),
+        }
+    }
+
+    /// The error for a call cut off by its deadline.
+    fn timeout(&self) -> PluginError {
+        PluginError::Timeout {
+            plugin: self.name().to_string(),
+            deadline_ms: self.deadline_ms(),
+        }
+    }
+
+    /// What a guest call raced against its deadline came to: cut off, trapped, the plugin's
+    /// own error, or a value that `check` accepts.
+    fn outcome<T>(
+        &self,
+        raw: Option<wasmtime::Result<Result<T, String>>>,
+        store: &wasmtime::Store<PluginState>,
+        check: impl FnOnce(&T) -> Result<(), String>,
+    ) -> Outcome<T> {
+        match raw {
+            None => Outcome::Err(self.timeout()),
+            Some(Err(e)) => Outcome::Err(self.trap(Some(store), &e)),
+            Some(Ok(Err(message))) => Outcome::Err(self.plugin_error(message)),
+            Some(Ok(Ok(value))) => match check(&value) {
+                Ok(()) => Outcome::Ok(value),
+                Err(why) => Outcome::Err(self.invalid(why)),
+            },
         }
     }
 
@@ -583,7 +607,7 @@ macro_rules! ensure_live {
                     return Err(result.err().unwrap_or_else(|| PluginError::Host("instantiation".into())));
                 }
                 None => {
-                    let err = PluginError::Timeout { plugin: $self.runtime.name().to_string(), deadline_ms: $self.runtime.deadline_ms() };
+                    let err = $self.runtime.timeout();
                     let (result, _) = $self.runtime.settle::<()>(Outcome::Err(err));
                     return Err(result.err().unwrap_or_else(|| PluginError::Host("instantiation".into())));
                 }
@@ -614,18 +638,7 @@ impl MeterPlugin {
         let raw = ticker
             .race(deadline, live.exports.call_read(&mut live.store))
             .await;
-        let outcome = match raw {
-            None => Outcome::Err(PluginError::Timeout {
-                plugin: self.runtime.name().to_string(),
-                deadline_ms: self.runtime.deadline_ms(),
-            }),
-            Some(Err(e)) => Outcome::Err(self.runtime.trap(Some(&live.store), &e)),
-            Some(Ok(Err(message))) => Outcome::Err(self.runtime.plugin_error(message)),
-            Some(Ok(Ok(reading))) => match check_reading(&reading) {
-                Ok(()) => Outcome::Ok(reading),
-                Err(why) => Outcome::Err(self.runtime.invalid(why)),
-            },
-        };
+        let outcome = self.runtime.outcome(raw, &live.store, check_reading);
         let (result, drop_instance) = self.runtime.settle(outcome);
         if drop_instance {
             self.live = None;
@@ -687,18 +700,7 @@ impl PolicyPlugin {
                 live.exports.call_evaluate(&mut live.store, snapshot),
             )
             .await;
-        let outcome = match raw {
-            None => Outcome::Err(PluginError::Timeout {
-                plugin: self.runtime.name().to_string(),
-                deadline_ms: self.runtime.deadline_ms(),
-            }),
-            Some(Err(e)) => Outcome::Err(self.runtime.trap(Some(&live.store), &e)),
-            Some(Ok(Err(message))) => Outcome::Err(self.runtime.plugin_error(message)),
-            Some(Ok(Ok(constraints))) => match check_constraints(&constraints) {
-                Ok(()) => Outcome::Ok(constraints),
-                Err(why) => Outcome::Err(self.runtime.invalid(why)),
-            },
-        };
+        let outcome = self.runtime.outcome(raw, &live.store, check_constraints);
         let (result, drop_instance) = self.runtime.settle(outcome);
         if drop_instance {
             self.live = None;
