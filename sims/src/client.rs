@@ -495,6 +495,24 @@ fn answer_v16(
     }
 }
 
+/// The answer to one GetVariables entry: its value, or UnknownVariable when there is none.
+pub(crate) fn variable_result(
+    d: v201::GetVariableData,
+    value: Option<String>,
+) -> v201::GetVariableResult {
+    v201::GetVariableResult {
+        attribute_status: if value.is_some() {
+            v201::GetVariableStatusEnum::Accepted
+        } else {
+            v201::GetVariableStatusEnum::UnknownVariable
+        },
+        attribute_value: value,
+        component: d.component,
+        variable: d.variable,
+        ..Default::default()
+    }
+}
+
 fn answer_v201(
     memory: &mut StationMemory,
     call: &IncomingCall,
@@ -520,17 +538,7 @@ fn answer_v201(
                         }
                         .map(str::to_owned)
                     });
-                    GetVariableResult {
-                        attribute_status: if value.is_some() {
-                            GetVariableStatusEnum::Accepted
-                        } else {
-                            GetVariableStatusEnum::UnknownVariable
-                        },
-                        attribute_value: value,
-                        component: d.component,
-                        variable: d.variable,
-                        ..Default::default()
-                    }
+                    variable_result(d, value)
                 })
                 .collect();
             to_value(GetVariablesResponse {

@@ -1450,17 +1450,7 @@ impl StationSim {
                     .map(|d| {
                         let key = format!("{}.{}", d.component.name, d.variable.name);
                         let value = all.get(key.as_str()).cloned();
-                        GetVariableResult {
-                            attribute_status: if value.is_some() {
-                                GetVariableStatusEnum::Accepted
-                            } else {
-                                GetVariableStatusEnum::UnknownVariable
-                            },
-                            attribute_value: value,
-                            component: d.component,
-                            variable: d.variable,
-                            ..Default::default()
-                        }
+                        crate::client::variable_result(d, value)
                     })
                     .collect();
                 to_value(&GetVariablesResponse {
