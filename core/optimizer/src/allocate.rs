@@ -786,15 +786,11 @@ impl Ctx {
 
     /// Per-node loads of `amps` (one value per EVSE), summed in EVSE index order.
     fn node_loads(&self, amps: &[f64]) -> Vec<PerLine> {
-        self.node_loads_by(&self.evse_node, amps)
-    }
-
-    fn node_loads_by(&self, evse_node: &[usize], amps: &[f64]) -> Vec<PerLine> {
         let mut load = vec![PerLine::ZERO; self.headroom.len()];
         for (i, &a) in amps.iter().enumerate() {
             if a != 0.0 {
                 let l = self.coef[i] * a;
-                for nd in self.path(evse_node[i]) {
+                for nd in self.path(self.evse_node[i]) {
                     load[nd] += l;
                 }
             }
@@ -1197,7 +1193,7 @@ impl ChargingSet {
         let mins: Vec<f64> = (0..self.charging.len())
             .map(|i| if self.charging[i] { ctx.min[i] } else { 0.0 })
             .collect();
-        self.load = ctx.node_loads_by(&ctx.evse_node, &mins);
+        self.load = ctx.node_loads(&mins);
     }
 
     /// Whether EVSE `i`'s minimum fits next to the set (only its own path can overload).

@@ -427,7 +427,7 @@ fn solve(problem: &PlanProblem, presence: &[Vec<f64>]) -> Result<Plan, String> {
         .collect();
     let balanced: Vec<bool> = coefs.iter().map(|c| c.0 == [1.0; 3]).collect();
     let mut node_rows: Vec<Vec<NodeRow>> = Vec::with_capacity(n_slots);
-    let mut aggregates: Vec<(usize, usize, Variable, Vec<usize>)> = Vec::new();
+    let mut aggregates: Vec<(usize, Variable, Vec<usize>)> = Vec::new();
     for t in 0..n_slots {
         let mut members: Vec<Vec<usize>> = vec![Vec::new(); m];
         let mut most = vec![PerLine::ZERO; m];
@@ -466,7 +466,7 @@ fn solve(problem: &PlanProblem, presence: &[Vec<f64>]) -> Result<Plan, String> {
                 .collect();
             let aggregate = (binding.len() >= 2 && three.len() >= 2).then(|| {
                 let y = vars.add(variable().min(0.0));
-                aggregates.push((t, nd, y, three.clone()));
+                aggregates.push((t, y, three));
                 y
             });
             for (line, h) in binding {
@@ -552,14 +552,13 @@ fn solve(problem: &PlanProblem, presence: &[Vec<f64>]) -> Result<Plan, String> {
         }
     }
     // Aggregates: y = Σ x over a node's three-phase members.
-    for (t, nd, y, members) in aggregates {
+    for (t, y, members) in aggregates {
         let mut expr = Expression::from(y);
         for e in members {
             if let Some(v) = x[e][t] {
                 expr.add_mul(-1.0 / presence[e][t], v);
             }
         }
-        debug_assert!(nd < problem.nodes.len());
         model.add_constraint(expr.eq(0.0));
     }
     // Grid energy beyond the surplus.
