@@ -343,8 +343,16 @@ async fn ocpp16_station_from_the_pypi_library() {
     let profiles = summary["profiles"].as_array().expect("profiles");
     let tx_profile = profiles
         .iter()
-        .find(|p| p["profile"]["charging_profile_purpose"] == "TxProfile")
-        .expect("TxProfile received");
+        .find(|p| p["profile"]["charging_profile_id"] == 7)
+        .expect("the test's TxProfile received");
+    // The control loop's fallback (TxDefaultProfile, stack level 0) passed the library's
+    // schema validation as well.
+    assert!(
+        profiles.iter().any(|p| p["profile"]["charging_profile_purpose"]
+            == "TxDefaultProfile"
+            && p["profile"]["stack_level"] == 0),
+        "{profiles:?}"
+    );
     let periods = &tx_profile["profile"]["charging_schedule"]["charging_schedule_period"];
     // The library parses 1.6 decimals as Python Decimals, which the script prints as strings.
     let limit = |v: &Value| {
@@ -645,9 +653,16 @@ async fn ocpp201_station_from_the_pypi_library() {
     assert!(
         profiles
             .iter()
-            .any(|p| p["profile"]["charging_profile_purpose"] == "TxProfile"
+            .any(|p| p["profile"]["id"] == 11
+                && p["profile"]["charging_profile_purpose"] == "TxProfile"
                 && p["profile"]["charging_schedule"][0]["charging_schedule_period"][0]["limit"]
                     == 12.0)
+    );
+    assert!(
+        profiles.iter().any(|p| p["profile"]["charging_profile_purpose"]
+            == "TxDefaultProfile"
+            && p["profile"]["stack_level"] == 0),
+        "the control loop's fallback passed the library's validation: {profiles:?}"
     );
     {
         let state = server.state.lock().expect("state");
