@@ -252,6 +252,92 @@ fn snapshot(evses: usize) -> SiteSnapshot {
     }
 }
 
+/// What the probe's `echo` mode renders of an EVSE as the guest received it.
+fn rendered(e: &EvseState) -> String {
+    format!(
+        "{}|{}|{}|{:?}|{:?}|{:?}|{:?},{:?},{:?}|{:?}",
+        e.node,
+        e.status as u8,
+        e.session_active,
+        e.min_current,
+        e.max_current,
+        e.setpoint,
+        e.measured.l1,
+        e.measured.l2,
+        e.measured.l3,
+        e.session_energy,
+    )
+}
+
+/// The host lowers `list<evse-state>` by hand (`plugins/lower.rs`): every field, every case of
+/// every option and enum, empty and non-ASCII strings, and a list big enough to grow the guest's
+/// memory while it is lowered must arrive exactly as sent.
+#[tokio::test]
+async fn a_policy_receives_every_evse_field_as_sent() {
+    let f = fixture();
+    let mut plugin = f
+        .host
+        .load_policy(
+            spec("echo", World::Policy, json!({ "mode": "echo" })),
+            PROBE_POLICY,
+        )
+        .expect("load policy");
+    let statuses = [
+        EvseStatus::Available,
+        EvseStatus::Preparing,
+        EvseStatus::Charging,
+        EvseStatus::SuspendedEv,
+        EvseStatus::SuspendedEvse,
+        EvseStatus::Finishing,
+        EvseStatus::Reserved,
+        EvseStatus::Unavailable,
+        EvseStatus::Faulted,
+        EvseStatus::Unknown,
+    ];
+    let some = |i: usize, v: f64| (i % 3 != 0).then_some(v);
+    let mut snap = snapshot(0);
+    snap.evses = (0..3000)
+        .map(|i| EvseState {
+            id: match i % 4 {
+                0 => format!("CP-{i}/1"),
+                1 => format!("Ladesäule-{i}/²"),
+                2 => "x".repeat(i % 97),
+                _ => String::new(),
+            },
+            node: if i % 5 == 0 { String::new() } else { format!("feeder-{}", i % 7) },
+            status: statuses[i % statuses.len()],
+            session_active: i % 2 == 0,
+            min_current: i as f64 * 0.5,
+            max_current: -(i as f64) - 0.25,
+            setpoint: some(i, i as f64 / 3.0),
+            measured: PerLine {
+                l1: some(i + 1, f64::MIN_POSITIVE * i as f64),
+                l2: some(i + 2, -1e300),
+                l3: some(i, 16.0),
+            },
+            session_energy: some(i + 1, 1e-9 * i as f64),
+        })
+        .collect();
+    for evses in [0, 1, 7, 3000] {
+        let mut s = snap.clone();
+        s.evses.truncate(evses);
+        let c = plugin.evaluate(&s).await.expect("evaluate");
+        assert_eq!(c.hints.len(), evses);
+        for (e, h) in s.evses.iter().zip(&c.hints) {
+            assert_eq!(h.evse, e.id);
+            assert_eq!(h.reason, rendered(e), "{e:?}");
+        }
+    }
+    // The rest of the snapshot still arrives (the probe's `ok` mode reads the nodes).
+    let mut ok = f
+        .host
+        .load_policy(spec("ok", World::Policy, json!({ "mode": "ok" })), PROBE_POLICY)
+        .expect("load policy");
+    let c = ok.evaluate(&snap).await.expect("evaluate");
+    assert_eq!(c.limits[0].reason, "half of grid for 3000 EVSEs");
+    assert_eq!(c.hints[0].evse, "CP-0/1");
+}
+
 #[tokio::test]
 async fn a_component_of_the_other_world_is_refused_at_load() {
     let f = fixture();
