@@ -58,6 +58,27 @@ pub mod wit {
     };
 }
 
+/// What a file is, from its first 8 bytes (the wasm preamble: magic, version, layer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WasmKind {
+    /// A WebAssembly component (layer 1): what a plugin must be.
+    Component,
+    /// A core WebAssembly module (layer 0), e.g. built for `wasm32-unknown-unknown`.
+    CoreModule,
+    /// Not WebAssembly at all (or shorter than the preamble).
+    NotWasm,
+}
+
+impl WasmKind {
+    pub fn of(head: &[u8]) -> WasmKind {
+        match head {
+            [0x00, b'a', b's', b'm', _, _, 0x01, 0x00, ..] => WasmKind::Component,
+            [0x00, b'a', b's', b'm', _, _, 0x00, 0x00, ..] => WasmKind::CoreModule,
+            _ => WasmKind::NotWasm,
+        }
+    }
+}
+
 /// Most entries in each list of a policy's constraints.
 pub const MAX_CONSTRAINT_ENTRIES: usize = 10_000;
 /// Longest reason string a policy may give, bytes.
@@ -701,7 +722,9 @@ impl FastPolicyPre {
         let evaluate = instance
             .get_func(&mut *store, "evaluate")
             .ok_or_else(|| wasmtime::format_err!("the component exports no `evaluate`"))?;
-        let evaluate = *evaluate.typed::<(lower::SnapshotArg<'_>,), (Result<wit::Constraints, String>,)>(&*store)?.func();
+        let evaluate = *evaluate
+            .typed::<(lower::SnapshotArg<'_>,), (Result<wit::Constraints, String>,)>(&*store)?
+            .func();
         Ok(PolicyExports { evaluate })
     }
 }

@@ -95,10 +95,18 @@ struct RawStation {
     credentials: Option<(StationCredentials, CredentialSource)>,
 }
 
+/// Whether to open the files plugin entries name (`SiteConfig::load` does, `parse` does not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Files {
+    Check,
+    Skip,
+}
+
 pub(crate) fn build(
     text: &str,
     base_dir: &Path,
     env: &dyn Fn(&str) -> Option<String>,
+    files: Files,
 ) -> Result<SiteConfig, ConfigErrors> {
     let (doc, parse_errors) = DeTable::parse_recoverable(text);
     if !parse_errors.is_empty() {
@@ -130,7 +138,7 @@ pub(crate) fn build(
     let store = read_store(&root, base_dir, &mut d);
     let api = read_api(&root, &mut d);
     let logging = read_logging(&root, &mut d);
-    let plugins = super::plugins::read_plugins(&root, base_dir, &mut d);
+    let plugins = super::plugins::read_plugins(&root, base_dir, files, &mut d);
 
     if let (Some(csms), Some(api)) = (&csms, &api) {
         check_listeners(&root, csms, api, &mut d);
