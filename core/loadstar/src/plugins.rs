@@ -25,7 +25,9 @@ pub mod deadline;
 mod error;
 pub mod http;
 mod imports;
+pub mod lines;
 mod lower;
+pub mod set;
 pub mod spec;
 
 use std::collections::HashMap;
@@ -41,6 +43,8 @@ use wasmtime_wasi::{HostWallClock, WasiCtxBuilder};
 
 pub use cache::CacheOutcome;
 pub use error::PluginError;
+pub use lines::{ReadingError, line_currents};
+pub use set::{Loaded, PluginSet, ReloadReport};
 pub use spec::{Grants, Limits, PluginSpec, World};
 
 use bindings::meter::{Meter, MeterPre};

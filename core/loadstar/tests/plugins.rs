@@ -12,9 +12,10 @@ use loadstar::plugins::wit::{
     EvseState, EvseStatus, MeterReading, Node, PerLine, Reading, SiteSnapshot,
 };
 use loadstar::plugins::{
-    CacheOutcome, HostOptions, MeterPlugin, PluginError, PluginHealth, PluginHost, PluginSpec,
-    PolicyPlugin, World,
+    CacheOutcome, HostOptions, MeterPlugin, PluginError, PluginHealth, PluginHost, PluginSet,
+    PluginSpec, PolicyPlugin, World,
 };
+use loadstar::site::SiteConfig;
 use loadstar::store::{SledStore, Store};
 use loadstar_plugin_artifacts::{
     DAY_AHEAD_PRICE, PEAK_SHAVING, PROBE_METER, PROBE_POLICY, SOLAR_SURPLUS, SUNSPEC_METER,
@@ -304,7 +305,11 @@ async fn a_policy_receives_every_evse_field_as_sent() {
                 2 => "x".repeat(i % 97),
                 _ => String::new(),
             },
-            node: if i % 5 == 0 { String::new() } else { format!("feeder-{}", i % 7) },
+            node: if i % 5 == 0 {
+                String::new()
+            } else {
+                format!("feeder-{}", i % 7)
+            },
             status: statuses[i % statuses.len()],
             session_active: i % 2 == 0,
             min_current: i as f64 * 0.5,
@@ -331,7 +336,10 @@ async fn a_policy_receives_every_evse_field_as_sent() {
     // The rest of the snapshot still arrives (the probe's `ok` mode reads the nodes).
     let mut ok = f
         .host
-        .load_policy(spec("ok", World::Policy, json!({ "mode": "ok" })), PROBE_POLICY)
+        .load_policy(
+            spec("ok", World::Policy, json!({ "mode": "ok" })),
+            PROBE_POLICY,
+        )
         .expect("load policy");
     let c = ok.evaluate(&snap).await.expect("evaluate");
     assert_eq!(c.limits[0].reason, "half of grid for 3000 EVSEs");
@@ -1455,4 +1463,162 @@ async fn a_sleep_in_wasi_is_cut_off_and_a_log_flood_is_capped() {
         900,
         "100 lines per call are kept"
     );
+}
+
+// ------------------------------------------------------------------------- plugin set
+
+/// A site file whose `[[plugin]]` entries are `(name, world, wasm, config)`.
+fn site_with_plugins(dir: &std::path::Path, plugins: &[(&str, &str, &str, &str)]) -> SiteConfig {
+    let mut text = String::from(
+        "[site]\ntimezone = \"Europe/Amsterdam\"\n\n[grid]\ntype = \"wye\"\nvoltage = 230.0\nlimit_a = 63.0\n",
+    );
+    for (name, world, wasm, config) in plugins {
+        text.push_str(&format!(
+            "\n[[plugin]]\nname = \"{name}\"\nworld = \"{world}\"\nwasm = \"{wasm}\"\nconfig = {config}\n"
+        ));
+    }
+    SiteConfig::parse(&text, dir, &|_| None).unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+#[tokio::test]
+async fn a_plugin_set_loads_a_site_files_plugins_and_follows_its_changes() {
+    let f = fixture();
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("meter.wasm"), PROBE_METER).expect("write");
+    std::fs::write(dir.path().join("policy.wasm"), PROBE_POLICY).expect("write");
+    let fixed = "{ mode = \"fixed\" }";
+    let site = site_with_plugins(
+        dir.path(),
+        &[
+            ("grid", "meter", "meter.wasm", fixed),
+            ("cap", "policy", "policy.wasm", "{ mode = \"ok\" }"),
+            ("gone", "meter", "missing.wasm", fixed),
+            ("confused", "meter", "policy.wasm", fixed),
+        ],
+    );
+    let (mut set, failed) = PluginSet::load(&f.host, site.plugins());
+    assert_eq!(set.names().collect::<Vec<_>>(), ["grid", "cap"]);
+    let failed: Vec<(&str, &PluginError)> = failed.iter().map(|(n, e)| (n.as_str(), e)).collect();
+    assert!(
+        matches!(
+            failed[..],
+            [
+                ("gone", PluginError::Read { .. }),
+                ("confused", PluginError::Instantiate { .. })
+            ]
+        ),
+        "{failed:?}"
+    );
+    let grid = set.meter_mut("grid").expect("a meter");
+    assert_eq!(grid.read().await.expect("read").current.l2, Some(10.0));
+    assert!(set.policy_mut("grid").is_none(), "a meter is not a policy");
+    assert!(set.meter_mut("cap").is_none());
+    let snap = snapshot(2);
+    let c = set
+        .policy_mut("cap")
+        .expect("policy")
+        .evaluate(&snap)
+        .await
+        .expect("evaluate");
+    assert_eq!(c.limits.len(), 1, "the `ok` mode");
+    assert_eq!(
+        set.meters_mut()
+            .map(|(n, _)| n.to_string())
+            .collect::<Vec<_>>(),
+        ["grid"]
+    );
+    assert_eq!(set.policies_mut().count(), 1);
+    let statuses = set.statuses();
+    assert_eq!(
+        statuses
+            .iter()
+            .map(|s| (s.name.as_str(), s.world, s.calls))
+            .collect::<Vec<_>>(),
+        [("grid", World::Meter, 1), ("cap", World::Policy, 1)]
+    );
+
+    // The policy's config changes, the missing component appears, a new plugin comes, the
+    // confused one is dropped from the file, the meter stays as it is.
+    std::fs::write(dir.path().join("missing.wasm"), PROBE_METER).expect("write");
+    let site = site_with_plugins(
+        dir.path(),
+        &[
+            ("grid", "meter", "meter.wasm", fixed),
+            ("cap", "policy", "policy.wasm", "{ mode = \"echo\" }"),
+            ("gone", "meter", "missing.wasm", fixed),
+            ("extra", "policy", "policy.wasm", "{ mode = \"ok\" }"),
+        ],
+    );
+    let report = set.reload(&f.host, &site);
+    assert_eq!(report.unchanged, ["grid"]);
+    assert_eq!(report.reloaded, ["cap"]);
+    assert_eq!(report.added, ["gone", "extra"]);
+    assert!(
+        report.removed.is_empty() && report.failed.is_empty(),
+        "{report:?}"
+    );
+    assert_eq!(
+        set.names().collect::<Vec<_>>(),
+        ["grid", "cap", "gone", "extra"]
+    );
+    let c = set
+        .policy_mut("cap")
+        .expect("policy")
+        .evaluate(&snap)
+        .await
+        .expect("evaluate");
+    assert_eq!(
+        (c.limits.len(), c.hints.len()),
+        (0, 2),
+        "the `echo` mode now"
+    );
+    let cap = set
+        .statuses()
+        .into_iter()
+        .find(|s| s.name == "cap")
+        .expect("status");
+    assert_eq!(
+        (cap.reloads, cap.calls),
+        (1, 2),
+        "counters carry over a reload"
+    );
+    let grid = set
+        .statuses()
+        .into_iter()
+        .find(|s| s.name == "grid")
+        .expect("status");
+    assert_eq!(
+        (grid.reloads, grid.calls),
+        (0, 1),
+        "an unchanged plugin is not touched"
+    );
+
+    // A component replaced on disk by junk fails to reload and keeps running; one that
+    // changed world is loaded anew; entries gone from the file are dropped.
+    std::fs::write(dir.path().join("meter.wasm"), b"\0asm junk").expect("write");
+    let site = site_with_plugins(
+        dir.path(),
+        &[
+            ("grid", "meter", "meter.wasm", fixed),
+            ("cap", "policy", "policy.wasm", "{ mode = \"echo\" }"),
+            ("extra", "meter", "missing.wasm", fixed),
+        ],
+    );
+    let report = set.reload(&f.host, &site);
+    assert_eq!(report.unchanged, ["cap"]);
+    assert_eq!(report.reloaded, ["extra"]);
+    assert_eq!(report.removed, ["gone"]);
+    assert!(
+        matches!(report.failed[..], [(ref n, PluginError::Compile { .. })] if n == "grid"),
+        "{report:?}"
+    );
+    let grid = set.meter_mut("grid").expect("still loaded");
+    assert_eq!(
+        grid.read().await.expect("the old component").current.l2,
+        Some(10.0)
+    );
+    let extra = set.meter_mut("extra").expect("now a meter");
+    assert_eq!(extra.read().await.expect("read").current.l2, Some(10.0));
+    assert!(set.policy_mut("extra").is_none());
+    assert_eq!(set.len(), 3);
 }

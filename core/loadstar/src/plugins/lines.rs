@@ -1,0 +1,205 @@
+//! A meter plugin's reading as the controller's quantity: signed current per grid line.
+
+use loadstar_optimizer::model::{ElectricalModel, Line, PerLine};
+
+use super::wit;
+
+/// Why a reading gives no current for the site's lines.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ReadingError {
+    /// Neither a current, a line power nor a total power covers these lines.
+    #[error("the reading has no current, line power or total power for {}", fmt_lines(.lines))]
+    Incomplete { lines: Vec<Line> },
+}
+
+fn fmt_lines(lines: &[Line]) -> String {
+    lines
+        .iter()
+        .map(Line::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The reading as signed amps per line (import positive), for the lines of `model`'s grid
+/// (others stay 0). Per line, in order:
+/// 1. the measured current;
+/// 2. on grids with a neutral, the line's power over its measured voltage (the nominal
+///    line-to-neutral voltage when none is measured);
+///
+/// and when that leaves a line unknown, the total power (else the sum of the line powers) as the
+/// balanced current on every line ([`ElectricalModel::watts_to_line_amps`]). Non-finite values
+/// and non-positive voltages count as absent (the host already refuses non-finite readings).
+pub fn line_currents(
+    reading: &wit::Reading,
+    model: &ElectricalModel,
+) -> Result<PerLine, ReadingError> {
+    let grid = model.grid();
+    let get = |p: &wit::PerLine, line: Line| {
+        match line {
+            Line::L1 => p.l1,
+            Line::L2 => p.l2,
+            Line::L3 => p.l3,
+        }
+        .filter(|v| v.is_finite())
+    };
+    let mut amps = PerLine::ZERO;
+    let mut missing = Vec::new();
+    for &line in grid.lines() {
+        let from_power = || {
+            let nominal = model.neutral_voltage_v()?;
+            let volts = get(&reading.voltage, line)
+                .filter(|v| *v > 0.0)
+                .unwrap_or(nominal);
+            get(&reading.power, line).map(|w| w / volts)
+        };
+        match get(&reading.current, line).or_else(from_power) {
+            Some(a) => amps[line] = a,
+            None => missing.push(line),
+        }
+    }
+    if missing.is_empty() {
+        return Ok(amps);
+    }
+    let line_powers: Vec<f64> = grid
+        .lines()
+        .iter()
+        .filter_map(|&l| get(&reading.power, l))
+        .collect();
+    let total = reading
+        .total_power
+        .filter(|w| w.is_finite())
+        .or_else(|| (line_powers.len() == grid.lines().len()).then(|| line_powers.iter().sum()));
+    match total {
+        Some(watts) => Ok(PerLine::splat_on(grid, model.watts_to_line_amps(watts))),
+        None => Err(ReadingError::Incomplete { lines: missing }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use loadstar_optimizer::model::{GridType, SQRT_3};
+
+    use super::*;
+
+    fn lines(l1: Option<f64>, l2: Option<f64>, l3: Option<f64>) -> wit::PerLine {
+        wit::PerLine { l1, l2, l3 }
+    }
+
+    fn none() -> wit::PerLine {
+        lines(None, None, None)
+    }
+
+    fn reading() -> wit::Reading {
+        wit::Reading {
+            timestamp: None,
+            current: none(),
+            voltage: none(),
+            power: none(),
+            total_power: None,
+            energy_import: None,
+            energy_export: None,
+        }
+    }
+
+    fn close(a: PerLine, b: PerLine) -> bool {
+        a.0.iter().zip(b.0).all(|(x, y)| (x - y).abs() < 1e-9)
+    }
+
+    const WYE: ElectricalModel = ElectricalModel::WYE_230_400;
+
+    #[test]
+    fn measured_currents_are_taken_as_they_are_signed() {
+        let mut r = reading();
+        r.current = lines(Some(10.0), Some(-2.5), Some(0.0));
+        r.total_power = Some(99_999.0);
+        assert_eq!(line_currents(&r, &WYE), Ok(PerLine::new(10.0, -2.5, 0.0)));
+        // Split-phase has no L3: whatever the meter says there is not a line of the site.
+        r.current.l3 = Some(7.0);
+        let split = ElectricalModel::SPLIT_PHASE_120_240;
+        assert_eq!(line_currents(&r, &split), Ok(PerLine::new(10.0, -2.5, 0.0)));
+    }
+
+    #[test]
+    fn line_power_over_the_measured_or_nominal_voltage() {
+        let mut r = reading();
+        r.power = lines(Some(2300.0), Some(-1150.0), Some(460.0));
+        r.voltage = lines(Some(230.0), Some(0.0), None);
+        // L1 at its measured 230 V; L2's 0 V and L3's missing voltage fall back to 230 V.
+        assert!(close(
+            line_currents(&r, &WYE).expect("currents"),
+            PerLine::new(10.0, -5.0, 2.0)
+        ));
+        r.voltage.l1 = Some(200.0);
+        assert!(close(
+            line_currents(&r, &WYE).expect("currents"),
+            PerLine::new(11.5, -5.0, 2.0)
+        ));
+        // A current beats the power on its line.
+        r.current.l2 = Some(-4.0);
+        assert!(close(
+            line_currents(&r, &WYE).expect("currents"),
+            PerLine::new(11.5, -4.0, 2.0)
+        ));
+    }
+
+    #[test]
+    fn total_power_is_the_balanced_current_of_the_grid() {
+        let mut r = reading();
+        r.total_power = Some(6900.0);
+        assert!(close(
+            line_currents(&r, &WYE).expect("wye"),
+            PerLine::splat(10.0)
+        ));
+        let delta = ElectricalModel::DELTA_IT_230;
+        let amps = 6900.0 / (SQRT_3 * 230.0);
+        assert!(close(
+            line_currents(&r, &delta).expect("delta"),
+            PerLine::splat(amps)
+        ));
+        // Export is negative; split-phase spreads over L1 and L2 only.
+        r.total_power = Some(-4800.0);
+        let split = ElectricalModel::new(GridType::SplitPhase, 120.0).expect("model");
+        assert!(close(
+            line_currents(&r, &split).expect("split"),
+            PerLine::new(-20.0, -20.0, 0.0)
+        ));
+        // A line left unknown by currents and powers: the total decides every line.
+        r.total_power = Some(6900.0);
+        r.current.l1 = Some(30.0);
+        assert!(close(
+            line_currents(&r, &WYE).expect("wye"),
+            PerLine::splat(10.0)
+        ));
+    }
+
+    #[test]
+    fn delta_line_powers_add_up_to_a_balanced_current() {
+        // No neutral: a line's power has no voltage of its own to divide by.
+        let mut r = reading();
+        r.power = lines(Some(1000.0), Some(2000.0), Some(3000.0));
+        let delta = ElectricalModel::DELTA_IT_230;
+        assert!(close(
+            line_currents(&r, &delta).expect("delta"),
+            PerLine::splat(delta.watts_to_line_amps(6000.0))
+        ));
+    }
+
+    #[test]
+    fn a_reading_without_current_or_power_names_the_lines() {
+        let mut r = reading();
+        r.energy_import = Some(1.0);
+        r.current.l2 = Some(3.0);
+        r.power.l3 = Some(f64::NAN);
+        let err = line_currents(&r, &WYE).expect_err("incomplete");
+        assert_eq!(
+            err,
+            ReadingError::Incomplete {
+                lines: vec![Line::L1, Line::L3]
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "the reading has no current, line power or total power for L1, L3"
+        );
+    }
+}
