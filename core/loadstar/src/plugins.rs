@@ -672,6 +672,14 @@ impl MeterPlugin {
         result
     }
 
+    /// Replaces the instance with a fresh one now (from the `InstancePre`, under the call
+    /// deadline), so the next call pays no instantiation. Fails fast during a backoff.
+    pub async fn instantiate(&mut self) -> Result<(), PluginError> {
+        self.live = None;
+        ensure_live!(self);
+        Ok(())
+    }
+
     pub fn status(&self) -> PluginStatus {
         self.runtime.status()
     }
@@ -768,6 +776,14 @@ impl PolicyPlugin {
             self.live = None;
         }
         result
+    }
+
+    /// Replaces the instance with a fresh one now (from the `InstancePre`, under the call
+    /// deadline), so the next call pays no instantiation. Fails fast during a backoff.
+    pub async fn instantiate(&mut self) -> Result<(), PluginError> {
+        self.live = None;
+        ensure_live!(self);
+        Ok(())
     }
 
     pub fn status(&self) -> PluginStatus {

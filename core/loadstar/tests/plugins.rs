@@ -295,7 +295,7 @@ async fn a_policy_receives_every_evse_field_as_sent() {
         EvseStatus::Faulted,
         EvseStatus::Unknown,
     ];
-    let some = |i: usize, v: f64| (i % 3 != 0).then_some(v);
+    let some = |i: usize, v: f64| (!i.is_multiple_of(3)).then_some(v);
     let mut snap = snapshot(0);
     snap.evses = (0..3000)
         .map(|i| EvseState {
@@ -428,6 +428,31 @@ async fn a_panic_is_a_trap_with_its_message() {
     assert!(matches!(err, PluginError::Trap { .. }), "{err:?}");
     assert!(err.to_string().contains("probe panics on purpose"), "{err}");
     recovers(&mut plugin).await;
+}
+
+#[tokio::test]
+async fn instantiate_replaces_the_instance_and_waits_out_a_backoff() {
+    let f = fixture();
+    let mut plugin = meter(&f, json!({ "mode": "panic", "once": true }));
+    plugin.instantiate().await.expect("instantiate");
+    assert_eq!(plugin.status().calls, 0, "instantiating is not a call");
+    plugin.read().await.expect_err("panics once");
+    let err = plugin.instantiate().await.expect_err("during the backoff");
+    assert!(matches!(err, PluginError::BackingOff { .. }), "{err:?}");
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    plugin.instantiate().await.expect("after the backoff");
+    assert_eq!(plugin.status().restarts, 1);
+    assert_eq!(plugin.read().await.expect("reads").current.l1, Some(10.0));
+
+    let mut policy = f
+        .host
+        .load_policy(
+            spec("p", World::Policy, json!({ "mode": "ok" })),
+            PROBE_POLICY,
+        )
+        .expect("load");
+    policy.instantiate().await.expect("instantiate");
+    policy.evaluate(&snapshot(1)).await.expect("evaluate");
 }
 
 #[tokio::test]
