@@ -232,13 +232,8 @@ fn loopback_reads(c: &mut Criterion, rt: &tokio::runtime::Runtime, host: &Plugin
     spec.config
         .insert("endpoint".into(), sunspec.addr.to_string().into());
     spec.grants.modbus = vec![sunspec.addr.to_string()];
-    let mut meter = host.load_meter(spec, SUNSPEC_METER).expect("load");
     // The first read walks the model chain; later reads read the model directly.
-    let first = rt.block_on(meter.read()).expect("first read");
-    assert_eq!(first.current.l2, Some(-2.5));
-    c.bench_function("read/sunspec-loopback", |b| {
-        b.iter(|| rt.block_on(meter.read()).expect("read"))
-    });
+    bench_read(c, rt, host, "read/sunspec-loopback", spec, SUNSPEC_METER);
 
     let p1 = rt
         .block_on(loadstar_sims::meter::serve_homewizard(rx, false))
@@ -248,10 +243,29 @@ fn loopback_reads(c: &mut Criterion, rt: &tokio::runtime::Runtime, host: &Plugin
     spec.config
         .insert("base".into(), format!("http://{}", p1.addr).into());
     spec.grants.http = vec![p1.addr.to_string()];
-    let mut meter = host.load_meter(spec, HTTP_JSON_METER).expect("load");
+    bench_read(
+        c,
+        rt,
+        host,
+        "read/http-json-loopback",
+        spec,
+        HTTP_JSON_METER,
+    );
+}
+
+/// Loads a meter, checks a first read against the sims' reading, then benches its reads.
+fn bench_read(
+    c: &mut Criterion,
+    rt: &tokio::runtime::Runtime,
+    host: &PluginHost,
+    name: &str,
+    spec: PluginSpec,
+    wasm: &[u8],
+) {
+    let mut meter = host.load_meter(spec, wasm).expect("load");
     let first = rt.block_on(meter.read()).expect("first read");
     assert_eq!(first.current.l2, Some(-2.5));
-    c.bench_function("read/http-json-loopback", |b| {
+    c.bench_function(name, |b| {
         b.iter(|| rt.block_on(meter.read()).expect("read"))
     });
 }
