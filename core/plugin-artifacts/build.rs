@@ -44,6 +44,7 @@ fn main() {
 
     let target_dir = plugins.join("target");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    ensure_target();
     for (package, file) in PLUGINS {
         let mut cmd = Command::new(&cargo);
         cmd.current_dir(&plugins)
@@ -83,6 +84,33 @@ fn main() {
         let built = target_dir.join("wasm32-wasip2/release").join(file);
         std::fs::copy(&built, out_dir.join(file))
             .unwrap_or_else(|e| panic!("copy {}: {e}", built.display()));
+    }
+}
+
+/// A fresh machine has the host toolchain only: add the guest target through rustup (as
+/// `.ci/run` does), so `cargo run --release -- demo` needs nothing else.
+fn ensure_target() {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output();
+    let Ok(out) = installed else {
+        // No rustup (a distribution toolchain): the build below says what is missing.
+        return;
+    };
+    if String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.trim() == "wasm32-wasip2")
+    {
+        return;
+    }
+    println!("cargo:warning=installing the wasm32-wasip2 target (rustup target add wasm32-wasip2)");
+    match Command::new("rustup")
+        .args(["target", "add", "wasm32-wasip2"])
+        .status()
+    {
+        Ok(s) if s.success() => {}
+        Ok(s) => println!("cargo:warning=rustup target add wasm32-wasip2 failed ({s})"),
+        Err(e) => println!("cargo:warning=cannot run rustup: {e}"),
     }
 }
 

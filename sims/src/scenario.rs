@@ -567,6 +567,9 @@ fn resolve(spec: File) -> Result<Plan, Failure> {
             config.hardware_max_amps = g.hardware_max_a;
             config.ramp_delay = std::time::Duration::from_secs_f64(g.ramp_delay_s);
             config.quirks = quirks;
+            // A group is one product: its quirks are its model's (a controller may learn them
+            // per model).
+            config.model = format!("SimStation {}", g.id_prefix);
             stations.push(StationPlan {
                 config,
                 faults: faults.clone(),

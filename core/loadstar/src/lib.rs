@@ -5,10 +5,12 @@
 //! `site` is the site file; `clock` is the one source of time.
 
 pub mod clock;
+pub mod control;
 pub mod csms;
 pub mod demo;
 pub mod plugins;
 pub mod runtime;
+pub mod simulate;
 pub mod site;
 pub mod state;
 pub mod store;

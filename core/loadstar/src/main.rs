@@ -65,6 +65,27 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Run a sims scenario against the real controller in virtual time, and print its KPI
+    /// table beside the baselines and the offline optimum.
+    Simulate {
+        /// The scenario file (see sims/scenarios/).
+        scenario: PathBuf,
+        /// Where the plots (SVG) and the KPI table go.
+        #[arg(long, default_value = "simulate-report")]
+        out: PathBuf,
+        /// Keep the store in this directory instead of a temporary one.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Skip the baselines (quicker).
+        #[arg(long)]
+        no_baselines: bool,
+        /// Simulate only this many hours from the scenario's start.
+        #[arg(long)]
+        hours: Option<f64>,
+        /// The control loop's period, in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        tick_ms: u64,
+    },
 }
 
 fn init_logging(format: LogFormat, default_filter: &str) {
@@ -112,6 +133,20 @@ fn main() -> ExitCode {
                 "warn,loadstar=warn",
             );
             run_demo(duration, data_dir)
+        }
+        Command::Simulate {
+            scenario,
+            out,
+            data_dir,
+            no_baselines,
+            hours,
+            tick_ms,
+        } => {
+            init_logging(
+                log_format(cli.log_format, LogFormat::Text),
+                "warn,loadstar=warn",
+            );
+            run_simulate(&scenario, &out, data_dir, !no_baselines, hours, tick_ms)
         }
     };
     match result {
@@ -162,7 +197,12 @@ fn run(
             .await
             .context("cannot start the controller")?;
         info!(ocpp = %server.ocpp_addr, data_dir = %server.data_dir.display(), "loadstar running");
+        let reloader = tokio::spawn(reload_on_sighup(
+            config.to_path_buf(),
+            server.controller.clone(),
+        ));
         wait_for_shutdown().await;
+        reloader.abort();
         info!("shutting down");
         server.shutdown().context("flushing the store")?;
         Ok(())
@@ -184,6 +224,31 @@ async fn wait_for_shutdown() {
         _ = int.recv() => {}
     }
 }
+
+/// SIGHUP reloads the site file: limits, stations and settings change without a restart. A
+/// file with errors changes nothing and says why.
+#[cfg(unix)]
+async fn reload_on_sighup(path: PathBuf, controller: loadstar::control::Controller) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        warn!("cannot listen for SIGHUP: reloading the site file needs a restart");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match SiteConfig::load(&path) {
+            Ok(site) => {
+                for w in site.warnings() {
+                    warn!("{w}");
+                }
+                controller.reload(std::sync::Arc::new(site));
+            }
+            Err(e) => warn!(file = %path.display(), "site file not reloaded, it has errors:\n{e}"),
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn reload_on_sighup(_: PathBuf, _: loadstar::control::Controller) {}
 
 #[cfg(not(unix))]
 async fn wait_for_shutdown() {
@@ -214,5 +279,73 @@ fn run_demo(duration: u64, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
         anyhow::bail!("{} simulated stations failed", summary.station_errors.len());
     }
     println!("The optimizer and control loop arrive with their issues; this demo shows the CSMS.");
+    Ok(())
+}
+
+fn run_simulate(
+    scenario: &std::path::Path,
+    out: &std::path::Path,
+    data_dir: Option<PathBuf>,
+    baselines: bool,
+    hours: Option<f64>,
+    tick_ms: u64,
+) -> anyhow::Result<()> {
+    let plan = loadstar_sims::scenario::load(scenario).map_err(anyhow::Error::msg)?;
+    let keep = data_dir.is_some();
+    let data_dir = data_dir.unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("loadstar-simulate-{}", std::process::id()))
+    });
+    let options = loadstar::simulate::SimulateOptions {
+        data_dir: data_dir.clone(),
+        until: hours.map(|h| plan.start + chrono::Duration::milliseconds((h * 3_600_000.0) as i64)),
+        tick: Duration::from_millis(tick_ms.max(50)),
+    };
+    println!(
+        "simulating {} ({} stations, {} visits) in virtual time; store in {}",
+        plan.name,
+        plan.stations.len(),
+        plan.visits.len(),
+        data_dir.display()
+    );
+    if baselines {
+        println!("running the baselines and the offline optimum first…");
+    }
+    let started = std::time::Instant::now();
+    // Virtual time: a paused clock that jumps whenever every task waits.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .context("cannot start the async runtime")?;
+    let sim = runtime
+        .block_on(loadstar::simulate::run(&plan, &options, baselines))
+        .context("simulation failed")?;
+    println!("{}", sim.table);
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let dir = out.join(&plan.name);
+    loadstar::simulate::write_plots(&dir, &plan, "loadstar", "loadstar", &sim.report)
+        .with_context(|| format!("writing plots to {}", dir.display()))?;
+    if let Some(b) = &sim.baselines {
+        for (label, slug, report) in &b.rows {
+            loadstar::simulate::write_plots(&dir, &plan, slug, label, report)
+                .with_context(|| format!("writing plots to {}", dir.display()))?;
+        }
+    }
+    if !keep {
+        let _ = std::fs::remove_dir_all(&data_dir);
+    }
+    let decisions = dir.join("loadstar-evses.json");
+    std::fs::write(
+        &decisions,
+        serde_json::to_string_pretty(&sim.evses).context("encoding the EVSE reports")?,
+    )
+    .with_context(|| format!("writing {}", decisions.display()))?;
+    let table = dir.join("kpi.md");
+    std::fs::write(&table, &sim.table).with_context(|| format!("writing {}", table.display()))?;
+    println!(
+        "plots and the table are in {} (ran in {:.1} s)",
+        dir.display(),
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }

@@ -14,7 +14,9 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::clock::Clock;
+use crate::control::{self, Controller};
 use crate::csms::{Authorization, Csms, CsmsConfig};
+use crate::plugins::{HostOptions, PluginError, PluginHost, World};
 use crate::site::{AuthorizationMode, SiteConfig};
 use crate::state::SiteState;
 use crate::store::{RetentionPolicy, SledStore, Store, StoreError};
@@ -47,6 +49,21 @@ pub enum StartError {
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
+    },
+    #[error("plugin host: {0}")]
+    PluginHost(#[source] PluginError),
+    #[error("plugin `{name}`: cannot read {path}: {source}")]
+    PluginFile {
+        name: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("plugin `{name}`: {source}")]
+    Plugin {
+        name: String,
+        #[source]
+        source: PluginError,
     },
 }
 
@@ -85,6 +102,10 @@ pub fn csms_config(site: &SiteConfig) -> CsmsConfig {
 /// A running controller.
 pub struct Server {
     pub csms: Csms,
+    /// The control loop: its entry points and reports.
+    pub controller: Controller,
+    /// The plugin host, when the site file has plugins.
+    pub plugins: Option<Arc<PluginHost>>,
     pub store: Arc<SledStore>,
     pub state: Arc<Mutex<SiteState>>,
     pub ocpp_addr: SocketAddr,
@@ -140,6 +161,54 @@ impl Server {
         );
         let mut tasks = vec![tokio::spawn(csms.clone().serve(listener))];
 
+        let controller = Controller::new(
+            site.clone(),
+            csms.clone(),
+            store.clone() as Arc<dyn Store>,
+            clock.clone(),
+        );
+        tasks.push(controller.spawn());
+        let plugins = if site.plugins().is_empty() {
+            None
+        } else {
+            let host = PluginHost::new(
+                HostOptions {
+                    cache_dir: Some(data_dir.join("plugin-cache")),
+                },
+                store.clone() as Arc<dyn Store>,
+                clock.clone(),
+            )
+            .map_err(StartError::PluginHost)?;
+            Some(Arc::new(host))
+        };
+        if let (Some(host), Some(name)) = (&plugins, site.control().grid_meter.as_deref())
+            && let Some(p) = site
+                .plugins()
+                .iter()
+                .find(|p| p.spec.name == name && p.spec.world == World::Meter)
+        {
+            let wasm = std::fs::read(&p.wasm).map_err(|source| StartError::PluginFile {
+                name: name.to_owned(),
+                path: p.wasm.clone(),
+                source,
+            })?;
+            let meter =
+                host.load_meter(p.spec.clone(), &wasm)
+                    .map_err(|source| StartError::Plugin {
+                        name: name.to_owned(),
+                        source,
+                    })?;
+            info!(plugin = name, "grid meter plugin loaded");
+            let every = Duration::from_millis(site.control().tick_ms);
+            tasks.push(tokio::spawn(control::meter::run(
+                controller.clone(),
+                meter,
+                site.model(),
+                clock.clone(),
+                every,
+            )));
+        }
+
         let policy = RetentionPolicy {
             raw_for: chrono::Duration::days(i64::from(site.store().raw_retention_days)),
             downsample_to: chrono::Duration::minutes(i64::from(site.store().downsample_minutes)),
@@ -163,6 +232,8 @@ impl Server {
 
         Ok(Server {
             csms,
+            controller,
+            plugins,
             store,
             state,
             ocpp_addr,

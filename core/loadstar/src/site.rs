@@ -72,6 +72,7 @@ pub struct SiteConfig {
     store: StoreSettings,
     api: ApiSettings,
     logging: LoggingSettings,
+    control: ControlSettings,
     /// `[[plugin]]`, file order; names unique.
     plugins: Vec<SitePlugin>,
     warnings: Vec<ConfigWarning>,
@@ -307,6 +308,51 @@ impl Default for ApiSettings {
     }
 }
 
+/// `[control]`: the control loop, the dispatcher and the failsafe.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControlSettings {
+    /// Period of the control loop, ms (it also runs on events).
+    pub tick_ms: u64,
+    /// How long an EV takes to follow a new limit (IEC 61851 allows 5 s), s.
+    pub ramp_s: u64,
+    /// Smallest change worth a new profile, A.
+    pub hysteresis_a: f64,
+    /// Validity of a dynamic profile; renewed before it ends, so a station cut off from
+    /// Loadstar returns to its fallback by itself, s.
+    pub profile_validity_s: u64,
+    /// Per line, what the building's own load may draw when Loadstar is gone: the failsafe
+    /// keeps this free, A.
+    pub building_reserve_a: f64,
+    /// Per line, the uncontrolled load assumed when the grid meter is silent or absent, A
+    /// (default: `building_reserve_a`).
+    pub worst_case_load_a: f64,
+    /// The `[[plugin]]` (meter world) that reads the grid connection, if any.
+    pub grid_meter: Option<String>,
+    /// A grid reading older than this counts as missing, s.
+    pub meter_timeout_s: u64,
+    /// Draw above the setpoint tolerated before a station counts as non-compliant, A.
+    pub noncompliance_tolerance_a: f64,
+    /// How often the fallback profiles rotate who keeps the minimum, s.
+    pub fallback_rotation_s: u64,
+}
+
+impl Default for ControlSettings {
+    fn default() -> Self {
+        ControlSettings {
+            tick_ms: 1000,
+            ramp_s: 5,
+            hysteresis_a: 1.0,
+            profile_validity_s: 300,
+            building_reserve_a: 0.0,
+            worst_case_load_a: 0.0,
+            grid_meter: None,
+            meter_timeout_s: 10,
+            noncompliance_tolerance_a: 2.0,
+            fallback_rotation_s: 900,
+        }
+    }
+}
+
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LogFormat {
@@ -489,6 +535,11 @@ impl SiteConfig {
     /// `[logging]`.
     pub fn logging(&self) -> &LoggingSettings {
         &self.logging
+    }
+
+    /// `[control]`.
+    pub fn control(&self) -> &ControlSettings {
+        &self.control
     }
 
     /// What is valid but probably not meant (a child circuit above its parent, `require_auth =

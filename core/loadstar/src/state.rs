@@ -135,6 +135,9 @@ pub struct StationState {
     pub capabilities: Capabilities,
     pub firmware_status: Option<String>,
     pub diagnostics_status: Option<String>,
+    /// How far the station's clock was ahead of ours (negative: behind) in its latest
+    /// timestamped measurement, s. Includes the message's delay; `None` until one arrives.
+    pub clock_skew_s: Option<i64>,
 }
 
 fn ser_version<S: serde::Serializer>(v: &OcppVersion, s: S) -> Result<S::Ok, S::Error> {
@@ -154,6 +157,7 @@ impl StationState {
             capabilities: Capabilities::default(),
             firmware_status: None,
             diagnostics_status: None,
+            clock_skew_s: None,
         }
     }
 

@@ -155,6 +155,38 @@ pub trait Store: Send + Sync + 'static {
         key: &str,
         value: Option<&[u8]>,
     ) -> Result<(), StoreError>;
+
+    // ------------------------------------------------------------------- control
+
+    /// Appends one charging profile Loadstar sent, with its answer, to the audit trail. Not
+    /// flushed (the background fsync makes it durable within half a second). Records older
+    /// than the raw-sample retention go at compaction.
+    fn append_profile(&self, record: &ProfileRecord) -> Result<(), StoreError>;
+    /// The newest `limit` records of `station`'s audit trail, oldest first.
+    fn profiles(&self, station: &str, limit: usize) -> Result<Vec<ProfileRecord>, StoreError>;
+    /// Control state that must survive a restart (learned station quirks, rotation, active
+    /// constraints), one value per key. Flushed: it is written rarely.
+    fn put_control(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
+    /// A value [`Store::put_control`] wrote.
+    fn control(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+}
+
+/// One charging profile sent, for the audit trail.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProfileRecord {
+    pub at: DateTime<Utc>,
+    pub station: String,
+    /// EVSE (1.6 connector) id; 0 for the whole station.
+    pub evse: u32,
+    /// `TxProfile`, `TxDefaultProfile` or `StationMax`.
+    pub purpose: String,
+    pub stack_level: i32,
+    /// Per-phase current, A (the schedule may carry it in W).
+    pub amps: f64,
+    pub unit: String,
+    pub valid_to: Option<DateTime<Utc>>,
+    /// `accepted`, `rejected`, or the error.
+    pub result: String,
 }
 
 /// A charging station, as far as the store knows it.

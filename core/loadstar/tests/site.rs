@@ -1602,3 +1602,60 @@ fn load_refuses_a_plugin_component_that_is_missing_or_not_a_component() {
     // Text given to `parse` does not open component files.
     assert!(SiteConfig::parse(&text, dir.path(), &no_env).is_ok());
 }
+
+// ---------------------------------------------------------------------------------------------
+// [control]
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn control_defaults_and_settings() {
+    let c = ok(BASE);
+    let d = c.control();
+    assert_eq!(d.tick_ms, 1000);
+    assert_eq!(d.ramp_s, 5);
+    assert_eq!(d.hysteresis_a, 1.0);
+    assert_eq!(d.profile_validity_s, 300);
+    assert_eq!(d.building_reserve_a, 0.0);
+    assert_eq!(d.worst_case_load_a, 0.0);
+    assert_eq!(d.grid_meter, None);
+
+    let text =
+        format!("{BASE}\n[control]\ntick_ms = 500\nbuilding_reserve_a = 12.5\nhysteresis_a = 2\n");
+    let c = ok(&text);
+    let d = c.control();
+    assert_eq!(d.tick_ms, 500);
+    assert_eq!(d.building_reserve_a, 12.5);
+    assert_eq!(
+        d.worst_case_load_a, 12.5,
+        "the worst case defaults to the reserve"
+    );
+    assert_eq!(d.hysteresis_a, 2.0);
+}
+
+#[test]
+fn control_errors_name_their_line_and_field() {
+    let text = format!("{BASE}\n[control]\ntick_ms = 5\nhysteresis_a = -1\nfallback = 3\n");
+    let e = errs(&text);
+    assert_err(
+        &e,
+        "control.tick_ms",
+        line_of(&text, "tick_ms = 5"),
+        "between",
+    );
+    assert_err(
+        &e,
+        "control.hysteresis_a",
+        line_of(&text, "hysteresis_a"),
+        "between 0.1 and 16",
+    );
+    assert!(e.to_string().contains("fallback"), "{e}");
+
+    let text = format!("{BASE}\n[control]\ngrid_meter = \"p1\"\n");
+    let e = errs(&text);
+    assert_err(
+        &e,
+        "control.grid_meter",
+        line_of(&text, "grid_meter"),
+        "no [[plugin]]",
+    );
+}

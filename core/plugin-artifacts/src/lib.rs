@@ -1,6 +1,6 @@
-//! The plugins workspace's components, built for wasm32-wasip2 by this crate's build script,
-//! for the host's tests and benchmarks (a dev-dependency; the `loadstar` binary does not embed
-//! them).
+//! The plugins workspace's components, built for wasm32-wasip2 by this crate's build script:
+//! the reference plugins the `loadstar` binary embeds (for `demo` and `simulate`), and the test
+//! fixtures of the host's tests and benchmarks.
 
 /// `plugins/fixtures/probe-meter`: a meter whose config's `mode` picks a behaviour.
 pub const PROBE_METER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/probe_meter.wasm"));

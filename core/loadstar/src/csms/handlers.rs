@@ -222,6 +222,7 @@ impl Handlers {
         // Durable before the station hears back: a crash after this loses no started session.
         self.shared.store.start_session(&record).map_err(internal)?;
         info!(station = %self.station_id, evse = evse_id, transaction = %session.transaction_id, "session started");
+        self.shared.events.notify_one();
         self.with_station(|s| s.evse(evse_id).session = Some(session));
         Ok(())
     }
@@ -324,6 +325,7 @@ impl Handlers {
             }
         });
         info!(station = %self.station_id, transaction = transaction_id, energy_wh = record.energy_wh, "session ended");
+        self.shared.events.notify_one();
         Ok(())
     }
 
@@ -349,6 +351,9 @@ impl Handlers {
         // One lock per message: sanitise the timestamps against the EVSE's latest reading,
         // then fold in.
         let session_tx = self.with_station(|s| {
+            if live && let Some(at) = measurements.iter().filter_map(|m| m.at).max() {
+                s.clock_skew_s = Some((at - now).num_seconds());
+            }
             let evse = s.evse(evse_id);
             let latest = evse.measurement.at;
             for m in &mut measurements {

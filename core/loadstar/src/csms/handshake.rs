@@ -11,7 +11,6 @@ use percent_encoding::percent_decode_str;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode, header};
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tracing::{debug, info, warn};
 
 use super::{Admission, Shared, connection};
@@ -32,13 +31,7 @@ pub struct Accepted {
 // tungstenite's handshake callback returns its `ErrorResponse` by value; boxing is not an option.
 #[allow(clippy::result_large_err)]
 pub(super) async fn accept(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
-    // OCPP frames are small: tungstenite's 128 KiB default buffers would cost ~256 KiB per
-    // station, which at 10,000 stations is most of the memory budget.
-    let config = WebSocketConfig::default()
-        .read_buffer_size(1024)
-        .write_buffer_size(0)
-        .max_message_size(Some(shared.config.max_frame_bytes))
-        .max_frame_size(Some(shared.config.max_frame_bytes));
+    let config = super::websocket_config(shared.config.max_frame_bytes);
     let mut accepted = None;
     let directory = shared.directory.clone();
     let callback = |request: &Request, response: Response| {

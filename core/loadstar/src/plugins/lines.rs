@@ -26,9 +26,12 @@ fn fmt_lines(lines: &[Line]) -> String {
 /// 2. on grids with a neutral, the line's power over its measured voltage (the nominal
 ///    line-to-neutral voltage when none is measured);
 ///
-/// and when that leaves a line unknown, the total power (else the sum of the line powers) as the
-/// balanced current on every line ([`ElectricalModel::watts_to_line_amps`]). Non-finite values
-/// and non-positive voltages count as absent (the host already refuses non-finite readings).
+/// and when that leaves a line unknown, the worst case the total power (else the sum of the line
+/// powers) allows on it: all of an import on that one line (the total over the phase voltage;
+/// on delta the line-to-line voltage, a line-to-line load), and no credit for an export. A
+/// measured line is never replaced: the control loop must not see less load than there is.
+/// Non-finite values and non-positive voltages count as absent (the host already refuses
+/// non-finite readings).
 pub fn line_currents(
     reading: &wit::Reading,
     model: &ElectricalModel,
@@ -70,14 +73,20 @@ pub fn line_currents(
         .filter(|w| w.is_finite())
         .or_else(|| (line_powers.len() == grid.lines().len()).then(|| line_powers.iter().sum()));
     match total {
-        Some(watts) => Ok(PerLine::splat_on(grid, model.watts_to_line_amps(watts))),
+        Some(watts) => {
+            let worst = (watts / model.phase_voltage_v()).max(0.0);
+            for line in missing {
+                amps[line] = worst;
+            }
+            Ok(amps)
+        }
         None => Err(ReadingError::Incomplete { lines: missing }),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use loadstar_optimizer::model::{GridType, SQRT_3};
+    use loadstar_optimizer::model::GridType;
 
     use super::*;
 
@@ -143,44 +152,44 @@ mod tests {
     }
 
     #[test]
-    fn total_power_is_the_balanced_current_of_the_grid() {
+    fn a_total_power_is_the_worst_case_on_each_unknown_line() {
         let mut r = reading();
         r.total_power = Some(6900.0);
+        // All of it could be on any one line.
         assert!(close(
             line_currents(&r, &WYE).expect("wye"),
-            PerLine::splat(10.0)
+            PerLine::splat(30.0)
         ));
         let delta = ElectricalModel::DELTA_IT_230;
-        let amps = 6900.0 / (SQRT_3 * 230.0);
         assert!(close(
             line_currents(&r, &delta).expect("delta"),
-            PerLine::splat(amps)
+            PerLine::splat(30.0)
         ));
-        // Export is negative; split-phase spreads over L1 and L2 only.
+        // An export earns no credit; split-phase has no L3.
         r.total_power = Some(-4800.0);
         let split = ElectricalModel::new(GridType::SplitPhase, 120.0).expect("model");
         assert!(close(
             line_currents(&r, &split).expect("split"),
-            PerLine::new(-20.0, -20.0, 0.0)
+            PerLine::ZERO
         ));
-        // A line left unknown by currents and powers: the total decides every line.
+        // A measured line keeps its value; only the unknown ones take the worst case.
         r.total_power = Some(6900.0);
-        r.current.l1 = Some(30.0);
+        r.current.l1 = Some(12.0);
         assert!(close(
             line_currents(&r, &WYE).expect("wye"),
-            PerLine::splat(10.0)
+            PerLine::new(12.0, 30.0, 30.0)
         ));
     }
 
     #[test]
-    fn delta_line_powers_add_up_to_a_balanced_current() {
+    fn delta_line_powers_add_up_to_the_worst_case_per_line() {
         // No neutral: a line's power has no voltage of its own to divide by.
         let mut r = reading();
         r.power = lines(Some(1000.0), Some(2000.0), Some(3000.0));
         let delta = ElectricalModel::DELTA_IT_230;
         assert!(close(
             line_currents(&r, &delta).expect("delta"),
-            PerLine::splat(delta.watts_to_line_amps(6000.0))
+            PerLine::splat(6000.0 / 230.0)
         ));
     }
 

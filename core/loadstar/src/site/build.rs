@@ -13,10 +13,10 @@ use toml::de::{DeTable, DeValue};
 use super::diag::{ConfigError, ConfigErrors, Diag, LineIndex, suggest};
 use super::read::{Located, Table, as_num, sub_table, table_array};
 use super::{
-    ApiSettings, AuthorizationMode, AuthorizationSettings, CircuitConfig, CredentialSource,
-    CsmsSettings, GRID_ID, GridSettings, LogFormat, LoggingSettings, MAX_STATION_CURRENT_A,
-    MAX_STATION_ID_CHARS, PASSWORD_CHARS, SiteConfig, SiteInfo, StationConfig, StationCredentials,
-    StoreSettings, fmt_num,
+    ApiSettings, AuthorizationMode, AuthorizationSettings, CircuitConfig, ControlSettings,
+    CredentialSource, CsmsSettings, GRID_ID, GridSettings, LogFormat, LoggingSettings,
+    MAX_STATION_CURRENT_A, MAX_STATION_ID_CHARS, PASSWORD_CHARS, SiteConfig, SiteInfo,
+    StationConfig, StationCredentials, StoreSettings, fmt_num,
 };
 
 const ROOT_KEYS: &[&str] = &[
@@ -29,6 +29,7 @@ const ROOT_KEYS: &[&str] = &[
     "store",
     "api",
     "logging",
+    "control",
     "plugin",
 ];
 const SITE_KEYS: &[&str] = &["name", "timezone"];
@@ -64,6 +65,18 @@ const AUTHORIZATION_KEYS: &[&str] = &["mode", "id_tags", "id_tags_file"];
 const STORE_KEYS: &[&str] = &["data_dir", "raw_retention_days", "downsample_minutes"];
 const API_KEYS: &[&str] = &["listen"];
 const LOGGING_KEYS: &[&str] = &["format", "filter"];
+const CONTROL_KEYS: &[&str] = &[
+    "tick_ms",
+    "ramp_s",
+    "hysteresis_a",
+    "profile_validity_s",
+    "building_reserve_a",
+    "worst_case_load_a",
+    "grid_meter",
+    "meter_timeout_s",
+    "noncompliance_tolerance_a",
+    "fallback_rotation_s",
+];
 
 /// Longest id tag accepted (OCPP 2.0.1 IdToken); 1.6 stations send at most 20.
 const MAX_ID_TAG_CHARS: usize = 36;
@@ -138,7 +151,28 @@ pub(crate) fn build(
     let store = read_store(&root, base_dir, &mut d);
     let api = read_api(&root, &mut d);
     let logging = read_logging(&root, &mut d);
+    let control = read_control(&root, &mut d);
     let plugins = super::plugins::read_plugins(&root, base_dir, files, &mut d);
+    if let (Some(name), Some(plugins)) = (
+        control.as_ref().and_then(|c| c.grid_meter.as_deref()),
+        plugins.as_ref(),
+    ) && !plugins
+        .iter()
+        .any(|p| p.spec.name == name && p.spec.world == crate::plugins::World::Meter)
+    {
+        let span = root
+            .get("control")
+            .and_then(|_| sub_table(&root, "control", &mut d))
+            .and_then(|t| t.key_span("grid_meter"));
+        d.error(
+            span,
+            "control.grid_meter",
+            format!(
+                "no [[plugin]] of world \"meter\" is named \"{}\"",
+                name.escape_debug()
+            ),
+        );
+    }
 
     if let (Some(csms), Some(api)) = (&csms, &api) {
         check_listeners(&root, csms, api, &mut d);
@@ -171,6 +205,9 @@ pub(crate) fn build(
         Some(mut config) if errors.is_empty() => {
             config.warnings = warnings;
             config.plugins = plugins.unwrap_or_default();
+            if let Some(control) = control {
+                config.control = control;
+            }
             Ok(config)
         }
         _ => Err(ConfigErrors { errors, warnings }),
@@ -1332,6 +1369,80 @@ fn read_api(root: &Table<'_, '_>, d: &mut Diag<'_>) -> Option<ApiSettings> {
     })
 }
 
+/// A number setting in `min..=max`, or `default` when absent; `None` after an error.
+fn num_setting(
+    t: &Table<'_, '_>,
+    key: &str,
+    min: f64,
+    max: f64,
+    default: f64,
+    d: &mut Diag<'_>,
+) -> Option<f64> {
+    match t.num(key, d) {
+        Some(v) if v.value.is_finite() && (min..=max).contains(&v.value) => Some(v.value),
+        Some(v) => {
+            d.error(
+                Some(v.span),
+                t.field(key),
+                format!(
+                    "must be between {} and {}, got {}",
+                    fmt_num(min),
+                    fmt_num(max),
+                    v.value
+                ),
+            );
+            None
+        }
+        None if t.has(key) => None,
+        None => Some(default),
+    }
+}
+
+fn read_control(root: &Table<'_, '_>, d: &mut Diag<'_>) -> Option<ControlSettings> {
+    let defaults = ControlSettings::default();
+    let Some(t) = optional_section(root, "control", CONTROL_KEYS, d)? else {
+        return Some(defaults);
+    };
+    let tick = int_setting(&t, "tick_ms", 50, 60_000, 1000, d);
+    let ramp = int_setting(&t, "ramp_s", 0, 60, 5, d);
+    let hysteresis = num_setting(&t, "hysteresis_a", 0.1, 16.0, defaults.hysteresis_a, d);
+    let validity = int_setting(&t, "profile_validity_s", 30, 86_400, 300, d);
+    let reserve = num_setting(&t, "building_reserve_a", 0.0, 10_000.0, 0.0, d);
+    let worst = if t.has("worst_case_load_a") {
+        num_setting(&t, "worst_case_load_a", 0.0, 10_000.0, 0.0, d)
+    } else {
+        reserve
+    };
+    let grid_meter = match t.str("grid_meter", d) {
+        Some(m) if m.value.trim().is_empty() => {
+            d.error(
+                Some(m.span),
+                t.field("grid_meter"),
+                "must name a [[plugin]]",
+            );
+            None
+        }
+        Some(m) => Some(Some(m.value)),
+        None if t.has("grid_meter") => None,
+        None => Some(None),
+    };
+    let meter_timeout = int_setting(&t, "meter_timeout_s", 1, 3_600, 10, d);
+    let tolerance = num_setting(&t, "noncompliance_tolerance_a", 0.5, 32.0, 2.0, d);
+    let rotation = int_setting(&t, "fallback_rotation_s", 60, 86_400, 900, d);
+    Some(ControlSettings {
+        tick_ms: tick? as u64,
+        ramp_s: ramp? as u64,
+        hysteresis_a: hysteresis?,
+        profile_validity_s: validity? as u64,
+        building_reserve_a: reserve?,
+        worst_case_load_a: worst?,
+        grid_meter: grid_meter?,
+        meter_timeout_s: meter_timeout? as u64,
+        noncompliance_tolerance_a: tolerance?,
+        fallback_rotation_s: rotation? as u64,
+    })
+}
+
 fn read_logging(root: &Table<'_, '_>, d: &mut Diag<'_>) -> Option<LoggingSettings> {
     let defaults = LoggingSettings::default();
     let Some(t) = optional_section(root, "logging", LOGGING_KEYS, d)? else {
@@ -1723,6 +1834,7 @@ fn assemble(
         store: store?,
         api: api?,
         logging: logging?,
+        control: ControlSettings::default(),
         plugins: Vec::new(),
         warnings: Vec::new(),
         circuit_index,

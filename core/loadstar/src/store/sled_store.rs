@@ -16,8 +16,8 @@ use tracing::{debug, error, info, warn};
 use super::keys::{self, show};
 use super::rollup::{Accumulator, Bucket, bucket_start};
 use super::{
-    CompactionReport, MeterSample, RetentionPolicy, SessionFilter, SessionKey, SessionRecord,
-    StationRecord, Store, StoreError,
+    CompactionReport, MeterSample, ProfileRecord, RetentionPolicy, SessionFilter, SessionKey,
+    SessionRecord, StationRecord, Store, StoreError,
 };
 
 /// The schema version this build writes and reads.
@@ -32,6 +32,9 @@ const SAMPLES: &str = "samples";
 const SAMPLES_DOWNSAMPLED: &str = "samples_downsampled";
 // Added without a schema bump: an older build never opens it, and a new one finds it empty.
 const PLUGIN_KV: &str = "plugin_kv";
+// Added without a schema bump, like `plugin_kv`.
+const PROFILES: &str = "profiles_sent";
+const CONTROL: &str = "control";
 
 const KEY_SCHEMA_VERSION: &[u8] = b"schema_version";
 const KEY_LAST_TRANSACTION_ID: &[u8] = b"last_transaction_id";
@@ -105,6 +108,8 @@ struct Trees {
     samples: Tree,
     samples_downsampled: Tree,
     plugin_kv: Tree,
+    profiles: Tree,
+    control: Tree,
 }
 
 impl Trees {
@@ -118,6 +123,8 @@ impl Trees {
             samples: db.open_tree(SAMPLES)?,
             samples_downsampled: db.open_tree(SAMPLES_DOWNSAMPLED)?,
             plugin_kv: db.open_tree(PLUGIN_KV)?,
+            profiles: db.open_tree(PROFILES)?,
+            control: db.open_tree(CONTROL)?,
         })
     }
 }
@@ -846,6 +853,7 @@ impl Store for SledStore {
 
         let mut report = CompactionReport::default();
         self.fold_raw(raw_cutoff, width_ms, expire_cutoff, &mut report)?;
+        self.expire_profiles(now_ms.saturating_sub(raw_for))?;
         if let Some(cutoff) = expire_cutoff {
             self.expire_downsampled(cutoff, &mut report)?;
         }
@@ -896,6 +904,82 @@ impl Store for SledStore {
         };
         Ok(())
     }
+
+    fn append_profile(&self, record: &ProfileRecord) -> Result<(), StoreError> {
+        // Key: station, NUL, time (ms, big-endian: in order), a per-process sequence number
+        // (two records in one millisecond stay apart).
+        let mut key = station_prefix(&record.station)?;
+        key.extend_from_slice(&record.at.timestamp_millis().to_be_bytes());
+        key.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
+        let value = serde_json::to_vec(record).map_err(|e| StoreError::Invalid {
+            what: format!("profile record: {e}"),
+        })?;
+        self.t.profiles.insert(key, value)?;
+        Ok(())
+    }
+
+    fn profiles(&self, station: &str, limit: usize) -> Result<Vec<ProfileRecord>, StoreError> {
+        let prefix = station_prefix(station)?;
+        let mut out = Vec::new();
+        for item in self.t.profiles.scan_prefix(&prefix).rev().take(limit) {
+            let (key, value) = item?;
+            match serde_json::from_slice(&value) {
+                Ok(r) => out.push(r),
+                Err(e) => {
+                    error!(key = %show(&key), error = %e, "store: skipping an undecodable profile record")
+                }
+            }
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    fn put_control(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.t.control.insert(key.as_bytes(), value)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn control(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.t.control.get(key.as_bytes())?.map(|v| v.to_vec()))
+    }
+}
+
+impl SledStore {
+    /// Drops audit-trail records older than `cutoff_ms`.
+    fn expire_profiles(&self, cutoff_ms: i64) -> Result<(), StoreError> {
+        let mut removed = 0u64;
+        for item in self.t.profiles.iter() {
+            let (key, _) = item?;
+            let Some(sep) = key.iter().position(|b| *b == keys::SEP) else {
+                continue;
+            };
+            let Some(ts) = key.get(sep + 1..sep + 9) else {
+                continue;
+            };
+            let mut raw = [0u8; 8];
+            raw.copy_from_slice(ts);
+            if i64::from_be_bytes(raw) < cutoff_ms {
+                self.t.profiles.remove(&key)?;
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            info!(removed, "store: expired profile audit records");
+        }
+        Ok(())
+    }
+}
+
+fn station_prefix(station: &str) -> Result<Vec<u8>, StoreError> {
+    if station.is_empty() || station.as_bytes().contains(&keys::SEP) {
+        return Err(StoreError::Invalid {
+            what: format!("station id {station:?} is empty or contains a NUL byte"),
+        });
+    }
+    let mut prefix = station.as_bytes().to_vec();
+    prefix.push(keys::SEP);
+    Ok(prefix)
 }
 
 fn plugin_kv_prefix(plugin: &str) -> Result<Vec<u8>, StoreError> {

@@ -1,0 +1,1966 @@
+//! The control loop: gather the site's state, allocate, dispatch, check.
+//!
+//! Every tick (and on events: a session starting or ending, a grid reading, a limit change) the
+//! loop takes a snapshot of the site state, works out per EVSE what the station really enforces
+//! (the dispatcher's dialogue state), builds the optimizer's problem, calls `allocate()` and
+//! hands the setpoints to the dispatcher.
+//!
+//! The invariant the loop keeps (ARCHITECTURE.md states it): measured uncontrolled load + what
+//! Loadstar commands + the draw of stations found non-compliant ≤ every node and line limit.
+//! Every EVSE whose limit is in doubt is *held*: taken out of the problem and counted on its
+//! path at the most it may draw:
+//! - a change in flight: the larger of the old and the new value;
+//! - a decrease accepted less than the ramp time ago: the old value;
+//! - a change that failed or was not answered: the larger of the two (the station max if the
+//!   old one is unknown);
+//! - a station found drawing above its setpoint: what it draws;
+//! - a disconnected station with a session: what it last accepted, or its max.
+//!
+//! Break before make: a tick that sends any decrease sends no increase; the next ticks see the
+//! decreases as held at their old values until they are accepted and ramped, so increases only
+//! ever use headroom that is really free. One silent station holds only its own headroom.
+//!
+//! **Must never** hold a lock across an await, send an increase computed from headroom a
+//! decrease of the same tick frees, or count a station at less than it may draw.
+
+pub mod failsafe;
+pub mod meter;
+pub mod profile;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use loadstar_ocpp::{OcppVersion, Priority, v16, v201};
+use loadstar_optimizer::allocate::{
+    self, Binding, Evse, LimitConstraint, Node, Problem, Rotation, effective_limit,
+    uncontrolled_load,
+};
+use loadstar_optimizer::model::{PerLine, PhaseConnection, StationCircuit, StationWiring};
+use serde::Serialize;
+use tokio::sync::Notify;
+use tracing::{debug, info, warn};
+
+use crate::clock::Clock;
+use crate::csms::{CallError, Csms, StationHandle};
+use crate::site::{GRID_ID, SiteConfig, StationConfig};
+use crate::state::{ChargingNeeds, SiteState};
+use crate::store::{ProfileRecord, Store};
+use failsafe::{BudgetNode, FallbackEvse, FallbackInput, FallbackStation, fallback_budget};
+use profile::{Limit, Purpose, Timing, one_decimal_down};
+
+/// The shortest time between two ticks that events trigger.
+pub const EVENT_GAP: Duration = Duration::from_millis(100);
+/// How long a change may wait for its answer before the station counts as in doubt (held at
+/// the most it may draw) and stops holding up increases elsewhere.
+const CONFIRM_TIMEOUT: TimeDelta = TimeDelta::seconds(5);
+/// How often the fallback budget is recomputed.
+const FAILSAFE_EVERY: TimeDelta = TimeDelta::seconds(2);
+/// Decisions kept per EVSE for "why did EVSE 7 get 6 A?".
+pub const DECISIONS_KEPT: usize = 32;
+/// A station clock this far from ours (s) is not trusted with absolute times.
+pub const CLOCK_AGREEMENT_S: i64 = 60;
+/// Samples above the setpoint before a station counts as non-compliant.
+const OVER_SAMPLES: u32 = 2;
+/// Samples within the setpoint before a non-compliant station is trusted again.
+const BACK_IN_LINE_SAMPLES: u32 = 3;
+/// An EV drawing this much less than offered frees the difference (A).
+const UNDERDRAW_A: f64 = 2.0;
+/// How often a learned EV cap is raised to re-test the car.
+const CAP_RETEST: TimeDelta = TimeDelta::seconds(120);
+/// How much a re-test raises it (A).
+const CAP_RETEST_STEP_A: f64 = 2.0;
+
+/// How the loop runs; from the site file's `[control]`.
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    pub tick: Duration,
+    pub ramp: Duration,
+    pub hysteresis_a: f64,
+    pub profile_validity: Duration,
+    pub building_reserve_a: f64,
+    pub worst_case_load_a: f64,
+    pub meter_timeout: Duration,
+    pub noncompliance_tolerance_a: f64,
+    pub fallback_rotation: Duration,
+    /// A station measurement older than this is stale.
+    pub stale_after: Duration,
+    /// Whether a grid meter is configured (without one, the worst case is the uncontrolled
+    /// load all the time).
+    pub has_grid_meter: bool,
+}
+
+impl ControlConfig {
+    pub fn from_site(site: &SiteConfig) -> Self {
+        let c = site.control();
+        ControlConfig {
+            tick: Duration::from_millis(c.tick_ms),
+            ramp: Duration::from_secs(c.ramp_s),
+            hysteresis_a: c.hysteresis_a,
+            profile_validity: Duration::from_secs(c.profile_validity_s),
+            building_reserve_a: c.building_reserve_a,
+            worst_case_load_a: c.worst_case_load_a,
+            meter_timeout: Duration::from_secs(c.meter_timeout_s),
+            noncompliance_tolerance_a: c.noncompliance_tolerance_a,
+            fallback_rotation: Duration::from_secs(c.fallback_rotation_s),
+            stale_after: site.csms().meter_interval() * 3,
+            has_grid_meter: c.grid_meter.is_some(),
+        }
+    }
+}
+
+/// One EVSE of the site: station id and EVSE (1.6 connector) id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct EvseKey {
+    pub station: String,
+    pub evse: u32,
+}
+
+impl EvseKey {
+    pub fn new(station: &str, evse: u32) -> Self {
+        EvseKey {
+            station: station.to_owned(),
+            evse,
+        }
+    }
+
+    /// The optimizer's id of this EVSE.
+    pub fn label(&self) -> String {
+        format!("{}/{}", self.station, self.evse)
+    }
+}
+
+/// A time-bounded limit on a node from outside the site file: a demand-response event, an
+/// operator override, a policy plugin. Never raises the site file's limit.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct ExternalLimit {
+    /// Who set it (e.g. `dr:event-17`, `operator`, `plugin:peak-shaving`); one limit per
+    /// source and node, a new one replaces the old.
+    pub source: String,
+    /// [`GRID_ID`] or a circuit id.
+    pub node: String,
+    pub limit: PerLine,
+    pub from: DateTime<Utc>,
+    pub until: DateTime<Utc>,
+    pub reason: String,
+}
+
+/// Why an entry point refused its input.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ControlError {
+    #[error("no node {0:?} in the site file")]
+    UnknownNode(String),
+    #[error("no EVSE {0} in the site file")]
+    UnknownEvse(String),
+    #[error("no session on EVSE {0}")]
+    NoSession(String),
+    #[error("limit from {origin}: {message}")]
+    BadLimit { origin: String, message: String },
+}
+
+/// One decision for one EVSE.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Decision {
+    pub at: DateTime<Utc>,
+    /// The setpoint the allocator gave (A per phase), or the value it was held at.
+    pub amps: f64,
+    /// What bound it (`None` when held).
+    pub binding: Option<Binding>,
+    /// Why it was held out of the allocation, if it was.
+    pub held: Option<String>,
+}
+
+/// The dispatcher's view of one EVSE, for the API and tests.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EvseReport {
+    pub key: EvseKey,
+    /// What the station accepted last (A per phase); `None`: unknown (counted at its max).
+    pub accepted_a: Option<f64>,
+    /// A change in flight.
+    pub pending_a: Option<f64>,
+    pub fallback_a: f64,
+    pub fallback_confirmed: bool,
+    pub noncompliant: bool,
+    pub learned_cap_a: Option<f64>,
+    pub ev_phases: u8,
+    pub decisions: Vec<Decision>,
+}
+
+/// The grid meter's latest reading: signed current per line (import positive).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GridSample {
+    pub at: DateTime<Utc>,
+    pub current: PerLine,
+}
+
+// ------------------------------------------------------------------ dispatcher state
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Pending {
+    amps: f64,
+    sent_at: DateTime<Utc>,
+}
+
+/// What one EVSE's station enforces, as far as the dialogue tells.
+#[derive(Debug, Clone, Default)]
+struct EvseLink {
+    /// The transaction the dynamic state belongs to.
+    transaction: Option<String>,
+    /// Accepted value; `None` = unknown (the station may draw its max).
+    accepted: Option<f64>,
+    /// The accepted value before the last change and when that change was accepted.
+    before: Option<f64>,
+    changed_at: Option<DateTime<Utc>>,
+    pending: Option<Pending>,
+    /// A change that failed or timed out: the station may enforce this or `accepted`.
+    unconfirmed: Option<f64>,
+    /// When the active dynamic profile was sent (for renewal).
+    sent_at: Option<DateTime<Utc>>,
+    /// Whether the active dynamic profile is Loadstar's (not just the fallback).
+    dynamic: bool,
+    fallback_a: f64,
+    fallback_confirmed: bool,
+    fallback_pending: Option<f64>,
+    /// The latest measurement already checked against the setpoint.
+    checked_at: Option<DateTime<Utc>>,
+    over: u32,
+    within: u32,
+    /// Reserved draw of a station found non-compliant.
+    noncompliant: Option<f64>,
+    learned_cap: Option<(f64, DateTime<Utc>)>,
+    /// A raise after 0 A that the EV did not follow was re-sent once (go-e).
+    raise_resent: bool,
+    ev_phases: u8,
+    decisions: VecDeque<Decision>,
+}
+
+impl EvseLink {
+    /// Where the dialogue stands: settled, in a transition, or in doubt.
+    fn doubt(&self, now: DateTime<Utc>, ramp: TimeDelta, station_max: f64) -> Doubt {
+        let known = self.accepted.unwrap_or(station_max);
+        if let Some(nc) = self.noncompliant {
+            return Doubt::Held(
+                nc.max(known.min(station_max)),
+                "non-compliant: draws above its setpoint",
+            );
+        }
+        // In doubt, the station may also let its dynamic profile run out and fall back.
+        let fallback = if self.fallback_confirmed {
+            self.fallback_a
+        } else {
+            station_max
+        };
+        if let Some(p) = self.pending {
+            if now < p.sent_at + CONFIRM_TIMEOUT {
+                return Doubt::Transition {
+                    to: p.amps,
+                    at_most: known.max(p.amps),
+                };
+            }
+            return Doubt::Held(
+                known.max(p.amps).max(fallback),
+                "change not confirmed in time",
+            );
+        }
+        if let Some(u) = self.unconfirmed {
+            return Doubt::Held(known.max(u).max(fallback), "change not confirmed");
+        }
+        if let (Some(before), Some(at)) = (self.before, self.changed_at)
+            && before > known
+            && now < at + ramp
+        {
+            return Doubt::Transition {
+                to: known,
+                at_most: before,
+            };
+        }
+        Doubt::Settled
+    }
+
+    /// The most the station may let the EV draw now, if it is in doubt (held out of the
+    /// allocation) or in a transition.
+    #[cfg(test)]
+    fn hold(
+        &self,
+        now: DateTime<Utc>,
+        ramp: TimeDelta,
+        station_max: f64,
+    ) -> Option<(f64, &'static str)> {
+        match self.doubt(now, ramp, station_max) {
+            Doubt::Settled => None,
+            Doubt::Transition { at_most, .. } => Some((at_most, "transition")),
+            Doubt::Held(v, why) => Some((v, why)),
+        }
+    }
+
+    fn record(&mut self, d: Decision) {
+        let same = self
+            .decisions
+            .back()
+            .is_some_and(|l| l.amps == d.amps && l.binding == d.binding && l.held == d.held);
+        if same {
+            return;
+        }
+        if self.decisions.len() >= DECISIONS_KEPT {
+            self.decisions.pop_front();
+        }
+        self.decisions.push_back(d);
+    }
+
+    /// A new session (or none): the dynamic state starts over; the fallback stays.
+    fn new_session(&mut self, transaction: Option<String>) {
+        let fallback = self.fallback_confirmed.then_some(self.fallback_a);
+        *self = EvseLink {
+            transaction,
+            accepted: fallback,
+            fallback_a: self.fallback_a,
+            fallback_confirmed: self.fallback_confirmed,
+            fallback_pending: self.fallback_pending,
+            decisions: std::mem::take(&mut self.decisions),
+            ..EvseLink::default()
+        };
+    }
+}
+
+/// Where one EVSE's dialogue stands.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Doubt {
+    /// The station enforces what it accepted.
+    Settled,
+    /// A change in flight (answer awaited) or a decrease ramping: the EV goes to `to` and may
+    /// draw up to `at_most` meanwhile. Increases elsewhere wait until it is settled.
+    Transition { to: f64, at_most: f64 },
+    /// Not known to follow: counted at this much, out of the allocation.
+    Held(f64, &'static str),
+}
+
+/// The dynamic-limit routes of a station, in order of preference.
+fn routes(max_level: Option<i64>) -> Vec<(Purpose, i32)> {
+    let top = max_level.unwrap_or(1).clamp(0, 100) as i32;
+    let mut out = vec![(Purpose::Tx, top)];
+    if top > 1 {
+        out.push((Purpose::Tx, top - 1));
+    }
+    if top > 0 {
+        out.push((Purpose::Tx, 0));
+        out.push((Purpose::TxDefault, top));
+        if top > 1 {
+            out.push((Purpose::TxDefault, top - 1));
+        }
+    }
+    out.push((Purpose::StationMax, top));
+    if top > 0 {
+        out.push((Purpose::StationMax, 0));
+    }
+    out
+}
+
+/// What a station model taught the dispatcher; stored per vendor and model.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+struct Learned {
+    route: usize,
+    fallback_route: u8,
+    in_watts: bool,
+    absolute_only: bool,
+    quirks: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct StationLink {
+    /// `model:<vendor>/<model>` once the station booted; what it learns is kept there.
+    model_key: Option<String>,
+    generation: u64,
+    /// Index into [`routes`] of the dynamic route in use.
+    route: usize,
+    /// The fallback route: 0 = TxDefault per EVSE, 1 = StationMax, 2 = none works.
+    fallback_route: u8,
+    /// The station takes W only.
+    in_watts: bool,
+    /// The station rejected Relative schedules.
+    absolute_only: bool,
+    evses: BTreeMap<u32, EvseLink>,
+    /// What was learned about the station, for logs and the API.
+    quirks: Vec<String>,
+}
+
+impl StationLink {
+    fn learn(&mut self, station: &str, quirk: &str) {
+        if !self.quirks.iter().any(|q| q == quirk) {
+            info!(station, quirk, "station quirk learned");
+            self.quirks.push(quirk.to_owned());
+        }
+    }
+
+    fn learned(&self) -> Learned {
+        Learned {
+            route: self.route,
+            fallback_route: self.fallback_route,
+            in_watts: self.in_watts,
+            absolute_only: self.absolute_only,
+            quirks: self.quirks.clone(),
+        }
+    }
+
+    fn apply(&mut self, l: Learned) {
+        self.route = l.route;
+        self.fallback_route = l.fallback_route;
+        self.in_watts = l.in_watts;
+        self.absolute_only = l.absolute_only;
+        self.quirks = l.quirks;
+    }
+
+    fn fallback_confirmed(&self, evses: u32) -> bool {
+        self.fallback_route < 2
+            && (1..=evses).all(|e| self.evses.get(&e).is_some_and(|l| l.fallback_confirmed))
+    }
+}
+
+// ------------------------------------------------------------------ the controller
+
+struct Inner {
+    csms: Csms,
+    state: Arc<Mutex<SiteState>>,
+    store: Arc<dyn Store>,
+    clock: Clock,
+    site: Mutex<Arc<SiteConfig>>,
+    config: Mutex<ControlConfig>,
+    wake: Arc<Notify>,
+    limits: Mutex<Vec<ExternalLimit>>,
+    grid: Mutex<Option<GridSample>>,
+    links: Mutex<HashMap<String, StationLink>>,
+    rotation: Mutex<Rotation>,
+    /// Recent raw estimates of the grid node's uncontrolled load.
+    uncontrolled: Mutex<VecDeque<(DateTime<Utc>, PerLine)>>,
+    fallback_rotation: Mutex<(usize, Option<DateTime<Utc>>)>,
+    failsafe_at: Mutex<Option<DateTime<Utc>>>,
+    rotation_saved: Mutex<Option<DateTime<Utc>>>,
+    ticks: std::sync::atomic::AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a lock would be a bug; the data stays usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The control loop's handle: its entry points and its reports. Cheap to clone.
+#[derive(Clone)]
+pub struct Controller {
+    inner: Arc<Inner>,
+}
+
+/// What one EVSE looked like at the start of a tick.
+struct EvseView {
+    key: EvseKey,
+    station: usize,
+    session: Option<SessionView>,
+    measured: Option<(DateTime<Utc>, f64, u8)>,
+    /// The measured current per grid line, when the station reports per-phase currents.
+    measured_lines: Option<PerLine>,
+}
+
+struct SessionView {
+    transaction: String,
+    started_at: DateTime<Utc>,
+    energy_wh: f64,
+    needs: ChargingNeeds,
+}
+
+struct StationView<'a> {
+    config: &'a StationConfig,
+    node: usize,
+    path: Vec<usize>,
+    handle: Option<StationHandle>,
+    ready: bool,
+    rate_w_only: bool,
+    max_level: Option<i64>,
+    skew_s: Option<i64>,
+    model_key: Option<String>,
+}
+
+/// One profile to send, with what to update when the answer comes.
+struct Send {
+    station: String,
+    handle: StationHandle,
+    circuit: StationCircuit,
+    limit: Limit,
+    what: SendWhat,
+    priority: Priority,
+    /// The station's hardware max: what it may have let the EV draw before its first answer.
+    station_max: f64,
+    /// How many dynamic routes the station has.
+    routes: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum SendWhat {
+    /// A dynamic limit for `evse` (for a station-wide route, every EVSE of the station).
+    Dynamic {
+        evses: u32,
+        route: usize,
+    },
+    Fallback {
+        route: u8,
+    },
+}
+
+impl Controller {
+    /// A controller for `site`; call [`Controller::spawn`] to run its loop.
+    pub fn new(
+        site: Arc<SiteConfig>,
+        csms: Csms,
+        store: Arc<dyn Store>,
+        clock: Clock,
+    ) -> Controller {
+        let config = ControlConfig::from_site(&site);
+        let wake = csms.events();
+        let controller = Controller {
+            inner: Arc::new(Inner {
+                state: csms.state(),
+                csms,
+                store,
+                clock,
+                site: Mutex::new(site),
+                config: Mutex::new(config),
+                wake,
+                limits: Mutex::new(Vec::new()),
+                grid: Mutex::new(None),
+                links: Mutex::new(HashMap::new()),
+                rotation: Mutex::new(Rotation::new()),
+                uncontrolled: Mutex::new(VecDeque::new()),
+                fallback_rotation: Mutex::new((0, None)),
+                failsafe_at: Mutex::new(None),
+                rotation_saved: Mutex::new(None),
+                ticks: std::sync::atomic::AtomicU64::new(0),
+            }),
+        };
+        controller.inner.restore();
+        controller
+    }
+
+    /// Runs the loop until the task is dropped.
+    pub fn spawn(&self) -> tokio::task::JoinHandle<()> {
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            loop {
+                let tick = lock(&inner.config).tick;
+                let started = inner.clock.instant();
+                tokio::select! {
+                    _ = inner.clock.sleep(tick) => {}
+                    _ = inner.wake.notified() => {
+                        // Events come in bursts (a batch of answers): one tick per burst, at
+                        // most one per EVENT_GAP.
+                        let gap = EVENT_GAP.min(tick);
+                        let since = inner.clock.instant().saturating_duration_since(started);
+                        if since < gap {
+                            inner.clock.sleep(gap - since).await;
+                        }
+                    }
+                }
+                inner.tick();
+            }
+        })
+    }
+
+    /// Runs one tick now (tests and benchmarks; the loop calls the same).
+    pub fn tick(&self) {
+        self.inner.tick();
+    }
+
+    /// Asks for a tick as soon as possible (an event happened).
+    pub fn wake(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    /// Ticks run so far.
+    pub fn ticks(&self) -> u64 {
+        self.inner.ticks.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A new grid reading (from the grid meter plugin's task).
+    /// A reading that moves any line by the hysteresis or more is an event: the loop runs at
+    /// once.
+    pub fn set_grid_reading(&self, sample: GridSample) {
+        let hysteresis = lock(&self.inner.config).hysteresis_a;
+        let previous = lock(&self.inner.grid).replace(sample);
+        let moved = previous.is_none_or(|p| {
+            (sample.current - p.current)
+                .iter()
+                .any(|(_, d)| d.abs() >= hysteresis)
+        });
+        if moved {
+            self.wake();
+        }
+    }
+
+    /// How old the latest grid reading is, if there is one.
+    pub fn grid_reading_age(&self) -> Option<Duration> {
+        let at = lock(&self.inner.grid).map(|g| g.at)?;
+        (self.inner.clock.now() - at).to_std().ok()
+    }
+
+    /// Sets (or replaces) an external limit; applied at the next tick, which runs at once.
+    pub fn set_limit(&self, limit: ExternalLimit) -> Result<(), ControlError> {
+        let site = lock(&self.inner.site).clone();
+        if site.node_limit(&limit.node).is_none() {
+            return Err(ControlError::UnknownNode(limit.node));
+        }
+        if limit.until <= limit.from {
+            return Err(ControlError::BadLimit {
+                origin: limit.source,
+                message: "ends before it starts".into(),
+            });
+        }
+        if limit.limit.iter().any(|(_, v)| !v.is_finite() || v < 0.0) {
+            return Err(ControlError::BadLimit {
+                origin: limit.source,
+                message: "limits must be finite and at least 0 A".into(),
+            });
+        }
+        info!(source = %limit.source, node = %limit.node, limit = ?limit.limit.0, from = %limit.from, until = %limit.until, reason = %limit.reason, "external limit set");
+        {
+            let mut limits = lock(&self.inner.limits);
+            limits.retain(|l| !(l.source == limit.source && l.node == limit.node));
+            limits.push(limit);
+            self.inner.save_limits(&limits);
+        }
+        self.wake();
+        Ok(())
+    }
+
+    /// Removes every limit of `source`.
+    pub fn clear_limits(&self, source: &str) {
+        let mut limits = lock(&self.inner.limits);
+        limits.retain(|l| l.source != source);
+        self.inner.save_limits(&limits);
+        drop(limits);
+        self.wake();
+    }
+
+    /// The external limits in force or announced.
+    pub fn limits(&self) -> Vec<ExternalLimit> {
+        lock(&self.inner.limits).clone()
+    }
+
+    /// Sets what a session needs (the operator's or an app's word; NotifyEVChargingNeeds does
+    /// the same from the EV).
+    pub fn set_needs(&self, key: &EvseKey, needs: ChargingNeeds) -> Result<(), ControlError> {
+        let mut state = lock(&self.inner.state);
+        let evse = state
+            .stations
+            .get_mut(&key.station)
+            .and_then(|s| s.evses.get_mut(&key.evse))
+            .ok_or_else(|| ControlError::UnknownEvse(key.label()))?;
+        let session = evse
+            .session
+            .as_mut()
+            .ok_or_else(|| ControlError::NoSession(key.label()))?;
+        session.needs = needs;
+        drop(state);
+        self.wake();
+        Ok(())
+    }
+
+    /// Applies a reloaded site file: limits, stations and settings change at the next tick,
+    /// which runs at once; the failsafe is recomputed with it.
+    pub fn reload(&self, site: Arc<SiteConfig>) {
+        info!(
+            stations = site.stations().len(),
+            circuits = site.circuits().len(),
+            "site file reloaded"
+        );
+        *lock(&self.inner.config) = ControlConfig::from_site(&site);
+        *lock(&self.inner.site) = site;
+        self.wake();
+    }
+
+    /// The site file in use.
+    pub fn site(&self) -> Arc<SiteConfig> {
+        lock(&self.inner.site).clone()
+    }
+
+    /// The dispatcher's view of every EVSE it has dealt with.
+    pub fn report(&self) -> Vec<EvseReport> {
+        let links = lock(&self.inner.links);
+        let mut out: Vec<EvseReport> = links
+            .iter()
+            .flat_map(|(station, link)| {
+                link.evses.iter().map(move |(&evse, l)| EvseReport {
+                    key: EvseKey::new(station, evse),
+                    accepted_a: l.accepted,
+                    pending_a: l.pending.map(|p| p.amps),
+                    fallback_a: l.fallback_a,
+                    fallback_confirmed: l.fallback_confirmed,
+                    noncompliant: l.noncompliant.is_some(),
+                    learned_cap_a: l.learned_cap.map(|c| c.0),
+                    ev_phases: l.ev_phases,
+                    decisions: l.decisions.iter().cloned().collect(),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        out
+    }
+
+    /// What was learned about a station (quirks, routes), for logs and the API.
+    pub fn station_quirks(&self, station: &str) -> Vec<String> {
+        lock(&self.inner.links)
+            .get(station)
+            .map(|l| l.quirks.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// Store keys of the control state.
+const LIMITS_KEY: &str = "limits";
+const ROTATION_KEY: &str = "rotation";
+/// How often the rotation state is saved.
+const SAVE_ROTATION_EVERY: TimeDelta = TimeDelta::seconds(60);
+
+impl Inner {
+    /// Active constraints survive a restart: a demand-response limit must not be forgotten.
+    fn save_limits(&self, limits: &[ExternalLimit]) {
+        match serde_json::to_vec(limits) {
+            Ok(bytes) => {
+                if let Err(e) = self.store.put_control(LIMITS_KEY, &bytes) {
+                    warn!(error = %e, "store: cannot save the external limits");
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot encode the external limits"),
+        }
+    }
+
+    /// What the previous process left: external limits and the rotation.
+    fn restore(&self) {
+        match self.store.control(LIMITS_KEY) {
+            Ok(Some(bytes)) => match serde_json::from_slice::<Vec<ExternalLimit>>(&bytes) {
+                Ok(limits) => {
+                    info!(limits = limits.len(), "external limits restored");
+                    *lock(&self.limits) = limits;
+                }
+                Err(e) => warn!(error = %e, "stored external limits unreadable"),
+            },
+            Ok(None) => {}
+            Err(e) => warn!(error = %e, "store: cannot read the external limits"),
+        }
+        match self.store.control(ROTATION_KEY) {
+            Ok(Some(bytes)) => match serde_json::from_slice::<Rotation>(&bytes) {
+                Ok(r) => *lock(&self.rotation) = r,
+                Err(e) => warn!(error = %e, "stored rotation unreadable"),
+            },
+            Ok(None) => {}
+            Err(e) => warn!(error = %e, "store: cannot read the rotation"),
+        }
+    }
+
+    fn tick(self: &Arc<Self>) {
+        self.ticks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let now = self.clock.now();
+        let site = lock(&self.site).clone();
+        let config = lock(&self.config).clone();
+        let ramp = TimeDelta::from_std(config.ramp).unwrap_or(TimeDelta::seconds(5));
+        let stale = TimeDelta::from_std(config.stale_after).unwrap_or(TimeDelta::seconds(30));
+
+        // The node tree: the grid, then the circuits top-down.
+        let mut node_ids: Vec<&str> = vec![GRID_ID];
+        node_ids.extend(site.circuits().iter().map(|c| c.id.as_str()));
+        let node_index: HashMap<&str, usize> = node_ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (*id, i))
+            .collect();
+
+        // Gather.
+        let (stations, evses) = self.gather(&site, &node_index, now, stale);
+        let grid = *lock(&self.grid);
+        let grid_fresh = grid.filter(|g| {
+            config.has_grid_meter
+                && now - g.at
+                    <= TimeDelta::from_std(config.meter_timeout).unwrap_or(TimeDelta::seconds(10))
+        });
+        let limits = {
+            let mut limits = lock(&self.limits);
+            limits.retain(|l| l.until > now);
+            limits.clone()
+        };
+
+        let mut sends: Vec<Send> = Vec::new();
+        let mut links = lock(&self.links);
+        links.retain(|id, _| site.station(id).is_some());
+
+        // Reconnects and session changes reset what the dialogue knows.
+        for s in &stations {
+            let link = links.entry(s.config.id.clone()).or_default();
+            if link.model_key.is_none()
+                && let Some(key) = &s.model_key
+            {
+                // What this model taught us before (any station of it, any earlier run).
+                match self.store.control(key) {
+                    Ok(Some(bytes)) => match serde_json::from_slice::<Learned>(&bytes) {
+                        Ok(l) => {
+                            debug!(station = %s.config.id, model = %key, quirks = ?l.quirks, "station model known");
+                            link.apply(l);
+                        }
+                        Err(e) => {
+                            warn!(model = %key, error = %e, "stored station quirks unreadable; learning again")
+                        }
+                    },
+                    Ok(None) => {}
+                    Err(e) => warn!(model = %key, error = %e, "store: cannot read station quirks"),
+                }
+                link.model_key = Some(key.clone());
+            }
+            if let Some(h) = &s.handle
+                && h.generation() != link.generation
+            {
+                if link.generation != 0 {
+                    info!(station = %s.config.id, "station reconnected: its profiles are sent again");
+                }
+                link.generation = h.generation();
+                for l in link.evses.values_mut() {
+                    l.fallback_confirmed = false;
+                    l.fallback_pending = None;
+                    l.pending = None;
+                    let tx = l.transaction.take();
+                    l.new_session(tx);
+                    l.accepted = None;
+                }
+            }
+        }
+        for e in &evses {
+            let link = links.entry(e.key.station.clone()).or_default();
+            let l = link.evses.entry(e.key.evse).or_default();
+            let tx = e.session.as_ref().map(|s| s.transaction.clone());
+            if l.transaction != tx {
+                l.new_session(tx);
+            }
+        }
+
+        // Closed loop: compare what EVs draw with what they were given.
+        let tolerance = config.noncompliance_tolerance_a;
+        for e in &evses {
+            let s = &stations[e.station];
+            let Some(link) = links.get_mut(&e.key.station) else {
+                continue;
+            };
+            let Some(l) = link.evses.get_mut(&e.key.evse) else {
+                continue;
+            };
+            let Some((at, amps, phases)) = e.measured else {
+                continue;
+            };
+            if e.session.is_none() || l.checked_at.is_some_and(|c| at <= c) {
+                continue;
+            }
+            l.checked_at = Some(at);
+            if amps > 1.0 && phases > 0 {
+                l.ev_phases = phases;
+            }
+            let Some(accepted) = l.accepted else { continue };
+            let settled = l
+                .changed_at
+                .is_none_or(|c| at >= c + ramp && now >= c + ramp);
+            if !settled || l.pending.is_some() {
+                continue;
+            }
+            if amps > accepted + tolerance {
+                l.over += 1;
+                l.within = 0;
+                if l.over >= OVER_SAMPLES {
+                    if l.noncompliant.is_none() {
+                        warn!(station = %e.key.station, evse = e.key.evse, setpoint_a = accepted, measured_a = amps, "station draws above its setpoint: non-compliant, its draw is reserved");
+                        let model = s.config.id.clone();
+                        link_quirk(link, &model, "ignores its charging profile");
+                    }
+                    if let Some(l) = link.evses.get_mut(&e.key.evse) {
+                        l.noncompliant = Some(amps.max(l.noncompliant.unwrap_or(0.0)));
+                    }
+                }
+                continue;
+            }
+            l.over = 0;
+            if l.noncompliant.is_some() {
+                l.within += 1;
+                if l.within >= BACK_IN_LINE_SAMPLES {
+                    info!(station = %e.key.station, evse = e.key.evse, "station follows its setpoint again");
+                    l.noncompliant = None;
+                }
+                continue;
+            }
+            let min = s.config.min_current_a;
+            if accepted >= min && amps < 0.5 && l.before == Some(0.0) && !l.raise_resent {
+                // A raise from 0 A that the EV does not follow: some stations swallow the
+                // first one (go-e). Send it again once.
+                l.raise_resent = true;
+                l.sent_at = None;
+                link_quirk(link, &s.config.id, "ignores the first raise after 0 A");
+                continue;
+            }
+            if amps + UNDERDRAW_A < accepted && amps >= min * 0.5 {
+                let cap = (amps + 1.0).ceil();
+                if l.learned_cap.is_none_or(|(c, _)| cap < c) {
+                    debug!(station = %e.key.station, evse = e.key.evse, cap_a = cap, "EV draws less than offered: cap learned");
+                    l.learned_cap = Some((cap, now));
+                }
+            }
+        }
+        for l in links.values_mut().flat_map(|s| s.evses.values_mut()) {
+            if let Some((cap, since)) = l.learned_cap
+                && now >= since + CAP_RETEST
+            {
+                // Re-test: offer a little more now and then; past the station max it is gone.
+                let raised = cap + CAP_RETEST_STEP_A;
+                l.learned_cap =
+                    (raised < crate::site::MAX_STATION_CURRENT_A).then_some((raised, now));
+            }
+        }
+
+        // The problem.
+        let now_s = now.timestamp();
+        let mut nodes: Vec<Node> = Vec::with_capacity(node_ids.len());
+        for (i, id) in node_ids.iter().enumerate() {
+            let physical = site.node_limit(id).unwrap_or(PerLine::ZERO);
+            let constraints: Vec<LimitConstraint> = limits
+                .iter()
+                .filter(|l| l.node == *id)
+                .map(|l| LimitConstraint {
+                    source: l.source.clone(),
+                    limit: l.limit,
+                    from_s: l.from.timestamp(),
+                    until_s: l.until.timestamp(),
+                })
+                .collect();
+            let (limit, limit_source) = effective_limit(physical, &constraints, now_s);
+            let parent = if i == 0 {
+                None
+            } else {
+                site.circuit(id)
+                    .and_then(|c| node_index.get(c.parent.as_str()).copied())
+            };
+            nodes.push(Node {
+                id: (*id).to_owned(),
+                parent,
+                limit,
+                limit_source,
+                uncontrolled: PerLine::ZERO,
+            });
+        }
+        let grid_type = site.model().grid();
+        let mut measured_controlled = PerLine::ZERO;
+        let mut reserved = vec![PerLine::ZERO; nodes.len()];
+        let mut problem_evses: Vec<Evse> = Vec::new();
+        let mut problem_keys: Vec<usize> = Vec::new();
+        let mut held: Vec<(usize, f64, &'static str)> = Vec::new();
+        let mut in_transition = 0usize;
+        for (i, e) in evses.iter().enumerate() {
+            let s = &stations[e.station];
+            let circuit = s.config.electrical;
+            let l = links
+                .get(&e.key.station)
+                .and_then(|k| k.evses.get(&e.key.evse))
+                .cloned()
+                .unwrap_or_default();
+            let station_max = s.config.max_current_a;
+            let Some(session) = &e.session else { continue };
+            let doubt = if s.handle.is_none() || !s.ready {
+                let fallback = if l.fallback_confirmed {
+                    l.fallback_a
+                } else {
+                    station_max
+                };
+                Doubt::Held(
+                    l.accepted.unwrap_or(station_max).max(fallback),
+                    "station not connected or not set up",
+                )
+            } else {
+                l.doubt(now, ramp, station_max)
+            };
+            if let Some(lines) = e.measured_lines {
+                // What the meter saw this EV draw is not uncontrolled load. A compliant EV
+                // never draws more than it may, so at most that is subtracted: a stale high
+                // reading cannot hide load.
+                let cap = match (doubt, l.noncompliant) {
+                    (_, Some(_)) => f64::INFINITY,
+                    (Doubt::Held(h, _), None) => h,
+                    (Doubt::Transition { at_most, .. }, None) => at_most,
+                    (Doubt::Settled, None) => l.accepted.unwrap_or(station_max),
+                };
+                measured_controlled += lines.map(|a| a.min(cap));
+            }
+            let fixed = match doubt {
+                Doubt::Held(amps, why) => {
+                    let load = circuit.line_load(l.ev_phases, amps);
+                    for &n in &s.path {
+                        reserved[n] += load;
+                    }
+                    held.push((i, amps, why));
+                    continue;
+                }
+                Doubt::Transition { to, .. } => {
+                    in_transition += 1;
+                    if to <= 0.0 {
+                        // Pausing: it needs no room once there, and nothing rises meanwhile.
+                        continue;
+                    }
+                    Some(to)
+                }
+                Doubt::Settled => None,
+            };
+            let needs = &session.needs;
+            let mut max_a = station_max;
+            if let Some(ev_max) = needs.ev_max_current_a.filter(|v| v.is_finite() && *v > 0.0) {
+                max_a = max_a.min(ev_max);
+            }
+            if let Some((cap, _)) = l.learned_cap {
+                max_a = max_a.min(cap.max(s.config.min_current_a));
+            }
+            let min_a = needs
+                .ev_min_current_a
+                .filter(|v| v.is_finite() && *v > 0.0)
+                .map_or(s.config.min_current_a, |m| m.max(s.config.min_current_a))
+                .min(max_a);
+            // In a transition the EVSE stays where it is going (or pauses, if safety needs it).
+            let (min_a, max_a) = match fixed {
+                Some(to) => (to, to),
+                None => (min_a, max_a),
+            };
+            problem_evses.push(Evse {
+                id: e.key.label(),
+                node: s.node,
+                circuit,
+                ev_phases: l.ev_phases,
+                min_a,
+                max_a,
+                may_pause: true,
+                priority: 0,
+                weight: 1.0,
+                energy_wh: session.energy_wh,
+                plan_a: None,
+            });
+            problem_keys.push(i);
+        }
+        // Uncontrolled load: the grid meter minus what the controlled EVSEs draw; without a
+        // fresh reading, the configured worst case.
+        let grid_uncontrolled = match grid_fresh {
+            Some(g) => {
+                // Station readings lag the grid meter (they come every meter interval): an EV
+                // that stopped drawing still shows its old current for a while and would make
+                // the building look lighter than it is. The estimate is the highest of the last
+                // few seconds: a rise counts at once, a drop only once it has lasted.
+                let raw = uncontrolled_load(g.current, measured_controlled, PerLine::ZERO);
+                let mut window = lock(&self.uncontrolled);
+                window.retain(|(at, _)| now - *at <= stale / 3 * 2 && *at <= now);
+                window.push_back((now, raw));
+                window.iter().fold(raw, |acc, (_, v)| acc.max(*v))
+            }
+            None => PerLine::splat_on(grid_type, config.worst_case_load_a),
+        };
+        for (n, node) in nodes.iter_mut().enumerate() {
+            node.uncontrolled = reserved[n]
+                + if n == 0 {
+                    grid_uncontrolled
+                } else {
+                    PerLine::ZERO
+                };
+        }
+        let mut problem = Problem::new(nodes, problem_evses, now_s);
+        problem.rotation = lock(&self.rotation).clone();
+        let mut allocation = match allocate::allocate(&problem) {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(error = %e, "allocation failed: no setpoint changes this tick");
+                return;
+            }
+        };
+        // A decrease smaller than the hysteresis is not worth a profile, but the others' share
+        // must not count on it: pin those EVSEs at what they have and allocate again.
+        let mut pinned = false;
+        for (j, k) in problem_keys.iter().enumerate() {
+            let e = &evses[*k];
+            let current = links
+                .get(&e.key.station)
+                .and_then(|s| s.evses.get(&e.key.evse))
+                .and_then(|l| l.accepted);
+            let target = one_decimal_down(allocation.setpoints[j].amps);
+            if let Some(current) = current
+                && target > 0.0
+                && target < current - 0.05
+                && target > current - config.hysteresis_a
+                && current >= problem.evses[j].min_a
+            {
+                problem.evses[j].min_a = current;
+                problem.evses[j].max_a = current;
+                pinned = true;
+            }
+        }
+        if pinned {
+            match allocate::allocate(&problem) {
+                Ok(a) => allocation = a,
+                Err(e) => warn!(error = %e, "second allocation failed: the first one stands"),
+            }
+        }
+        {
+            // EVSEs held out of this tick keep their pause state (dwell) for when they return.
+            let mut rotation = lock(&self.rotation);
+            let mut next = allocation.rotation.clone();
+            for (i, _, _) in &held {
+                let id = evses[*i].key.label();
+                if let Some(entry) = rotation.get(&id) {
+                    next.insert(id, *entry);
+                }
+            }
+            *rotation = next;
+            let mut saved = lock(&self.rotation_saved);
+            if saved.is_none_or(|at| now >= at + SAVE_ROTATION_EVERY || now < at) {
+                *saved = Some(now);
+                match serde_json::to_vec(&*rotation) {
+                    Ok(bytes) => {
+                        if let Err(e) = self.store.put_control(ROTATION_KEY, &bytes) {
+                            warn!(error = %e, "store: cannot save the rotation");
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "cannot encode the rotation"),
+                }
+            }
+        }
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let commanded: PerLine = problem
+                .evses
+                .iter()
+                .zip(&allocation.setpoints)
+                .map(|(e, sp)| e.circuit.line_load(e.ev_phases, sp.amps))
+                .sum();
+            debug!(
+                %now,
+                grid = ?grid_fresh.map(|g| g.current.0),
+                controlled = ?measured_controlled.0,
+                uncontrolled = ?problem.nodes[0].uncontrolled.0,
+                limit = ?problem.nodes[0].limit.0,
+                commanded = ?commanded.0,
+                allocated = problem.evses.len(),
+                held = held.len(),
+                "tick"
+            );
+        }
+
+        // Dispatch: decreases first; increases only on a tick without decreases.
+        let hysteresis = config.hysteresis_a;
+        let validity =
+            TimeDelta::from_std(config.profile_validity).unwrap_or(TimeDelta::seconds(300));
+        let mut decreases = Vec::new();
+        let mut increases = Vec::new();
+        let mut renewals = Vec::new();
+        for (k, sp) in problem_keys.iter().zip(&allocation.setpoints) {
+            let e = &evses[*k];
+            let s = &stations[e.station];
+            let target = one_decimal_down(sp.amps);
+            let Some(link) = links.get_mut(&e.key.station) else {
+                continue;
+            };
+            let Some(l) = link.evses.get_mut(&e.key.evse) else {
+                continue;
+            };
+            l.record(Decision {
+                at: now,
+                amps: target,
+                binding: Some(sp.bound.clone()),
+                held: None,
+            });
+            let current = l.accepted.unwrap_or(s.config.max_current_a);
+            let due = l.sent_at.is_none_or(|t| now >= t + validity / 2) || !l.dynamic;
+            if target < current - 0.05 {
+                decreases.push((*k, target));
+            } else if target > current + hysteresis - 1e-9 || (current == 0.0 && target > 0.0) {
+                increases.push((*k, target));
+            } else if due {
+                renewals.push((*k, current.min(target.max(current))));
+            }
+        }
+        for (i, amps, why) in &held {
+            let e = &evses[*i];
+            if let Some(l) = links
+                .get_mut(&e.key.station)
+                .and_then(|k| k.evses.get_mut(&e.key.evse))
+            {
+                l.record(Decision {
+                    at: now,
+                    amps: *amps,
+                    binding: None,
+                    held: Some((*why).to_owned()),
+                });
+            }
+        }
+        // Break before make: no increase while a decrease is on its way, in this tick or before.
+        let any_decrease = !decreases.is_empty() || in_transition > 0;
+        if any_decrease && !increases.is_empty() {
+            debug!(
+                decreases = decreases.len(),
+                increases = increases.len(),
+                "break before make: increases wait for the decreases"
+            );
+        }
+        let mut batch = decreases
+            .into_iter()
+            .map(|d| (d, Priority::Safety))
+            .chain(renewals.into_iter().map(|r| (r, Priority::Control)))
+            .collect::<Vec<_>>();
+        if !any_decrease {
+            batch.extend(increases.into_iter().map(|i| (i, Priority::Control)));
+        }
+        // A change that was refused or failed is tried again (on the route the refusal moved
+        // to) while the EVSE stays held at the most it may draw.
+        for (i, _, _) in &held {
+            let e = &evses[*i];
+            let s = &stations[e.station];
+            if s.handle.is_none() || !s.ready {
+                continue;
+            }
+            if let Some(l) = links
+                .get(&e.key.station)
+                .and_then(|k| k.evses.get(&e.key.evse))
+                && l.pending.is_none()
+                && l.noncompliant.is_none()
+                && let Some(u) = l.unconfirmed
+            {
+                batch.push(((*i, u), Priority::Safety));
+            }
+        }
+        // A station-wide route carries every EVSE of the station at once: one send each.
+        let mut station_wide: HashMap<String, f64> = HashMap::new();
+        for ((k, amps), priority) in batch {
+            let e = &evses[k];
+            let s = &stations[e.station];
+            let Some(handle) = s.handle.clone() else {
+                continue;
+            };
+            let Some(link) = links.get_mut(&e.key.station) else {
+                continue;
+            };
+            let all_routes = routes(s.max_level);
+            let Some(&(purpose, level)) = all_routes.get(link.route) else {
+                continue;
+            };
+            let route = link.route;
+            let in_watts = link.in_watts || s.rate_w_only;
+            let absolute_only = link.absolute_only;
+            let Some(l) = link.evses.get_mut(&e.key.evse) else {
+                continue;
+            };
+            let session = e.session.as_ref();
+            let timing = timing(
+                s.skew_s,
+                absolute_only,
+                now,
+                validity,
+                session.map(|s| s.started_at),
+            );
+            if purpose == Purpose::StationMax {
+                *station_wide.entry(e.key.station.clone()).or_default() += amps;
+                continue;
+            }
+            l.pending = Some(Pending { amps, sent_at: now });
+            sends.push(Send {
+                station: e.key.station.clone(),
+                handle,
+                circuit: s.config.electrical,
+                limit: Limit {
+                    evse: e.key.evse,
+                    purpose,
+                    stack_level: level,
+                    amps,
+                    ev_phases: l.ev_phases,
+                    in_watts,
+                    transaction_id: session.map(|s| s.transaction.clone()),
+                    timing,
+                },
+                what: SendWhat::Dynamic {
+                    evses: e.key.evse,
+                    route,
+                },
+                priority,
+                station_max: s.config.max_current_a,
+                routes: all_routes.len(),
+            });
+        }
+        for (station, _) in station_wide {
+            // Station-wide: the sum of the setpoints of all its EVSEs with a session.
+            let Some(s) = stations.iter().find(|s| s.config.id == station) else {
+                continue;
+            };
+            let Some(handle) = s.handle.clone() else {
+                continue;
+            };
+            let Some(link) = links.get_mut(&station) else {
+                continue;
+            };
+            let all_routes = routes(s.max_level);
+            let Some(&(purpose, level)) = all_routes.get(link.route) else {
+                continue;
+            };
+            let route = link.route;
+            let mut total = 0.0;
+            let mut decrease = false;
+            for (k, sp) in problem_keys.iter().zip(&allocation.setpoints) {
+                if evses[*k].key.station == station {
+                    let amps = one_decimal_down(sp.amps);
+                    total += amps;
+                    if let Some(l) = link.evses.get_mut(&evses[*k].key.evse) {
+                        decrease |= l.accepted.is_none_or(|a| amps < a);
+                        l.pending = Some(Pending { amps, sent_at: now });
+                    }
+                }
+            }
+            sends.push(Send {
+                station: station.clone(),
+                handle,
+                circuit: s.config.electrical,
+                limit: Limit {
+                    evse: 0,
+                    purpose,
+                    stack_level: level,
+                    amps: total,
+                    ev_phases: 0,
+                    in_watts: link.in_watts || s.rate_w_only,
+                    transaction_id: None,
+                    timing: timing(s.skew_s, link.absolute_only, now, validity, None),
+                },
+                what: SendWhat::Dynamic { evses: 0, route },
+                priority: if decrease {
+                    Priority::Safety
+                } else {
+                    Priority::Control
+                },
+                station_max: s.config.max_current_a,
+                routes: all_routes.len(),
+            });
+        }
+
+        // The failsafe: recompute the fallback budget and send the changes, every few seconds
+        // (it changes with sessions, connections and confirmations, not with every reading).
+        let failsafe_due = {
+            let mut last = lock(&self.failsafe_at);
+            let due = last.is_none_or(|at| now >= at + FAILSAFE_EVERY || now < at);
+            if due {
+                *last = Some(now);
+            }
+            due
+        };
+        if failsafe_due {
+            sends.extend(self.failsafe(&site, &config, &stations, &evses, &mut links, now));
+        }
+        drop(links);
+
+        for send in sends {
+            let inner = self.clone();
+            tokio::spawn(async move { inner.send(send).await });
+        }
+    }
+
+    /// Copies what the tick needs out of the site state.
+    fn gather<'a>(
+        &self,
+        site: &'a SiteConfig,
+        node_index: &HashMap<&str, usize>,
+        now: DateTime<Utc>,
+        stale: TimeDelta,
+    ) -> (Vec<StationView<'a>>, Vec<EvseView>) {
+        // Handles first: the CSMS takes the state lock under its registry lock.
+        let handles: Vec<Option<StationHandle>> = site
+            .stations()
+            .iter()
+            .map(|c| self.csms.station(&c.id))
+            .collect();
+        let state = lock(&self.state);
+        let mut stations = Vec::with_capacity(site.stations().len());
+        let mut evses = Vec::new();
+        for (config, handle) in site.stations().iter().zip(handles) {
+            let st = state.stations.get(&config.id);
+            let handle = handle.filter(|_| st.is_some_and(|s| s.connected));
+            let caps = st.map(|s| &s.capabilities);
+            let idx = stations.len();
+            let node = node_index
+                .get(config.circuit.as_str())
+                .copied()
+                .unwrap_or(0);
+            let path = config
+                .circuit_path
+                .iter()
+                .filter_map(|c| node_index.get(c.as_str()).copied())
+                .collect();
+            stations.push(StationView {
+                node,
+                path,
+                ready: caps.is_some_and(|c| c.set_up),
+                rate_w_only: caps.is_some_and(|c| {
+                    !c.rate_units.is_empty() && !c.rate_units.iter().any(|u| u == "A")
+                }),
+                max_level: caps.and_then(|c| c.max_stack_level),
+                skew_s: st.and_then(|s| s.clock_skew_s),
+                model_key: st
+                    .and_then(|s| s.boot.as_ref())
+                    .map(|b| format!("model:{}/{}", b.vendor, b.model)),
+                handle,
+                config,
+            });
+            for evse in 1..=config.evses {
+                let e = st.and_then(|s| s.evses.get(&evse));
+                let session = e.and_then(|e| e.session.as_ref()).map(|s| SessionView {
+                    transaction: s.transaction_id.clone(),
+                    started_at: s.started_at,
+                    energy_wh: s.energy_wh,
+                    needs: s.needs.clone(),
+                });
+                let measured = e.and_then(|e| {
+                    let m = &e.measurement;
+                    let at = m.at.filter(|at| now - *at <= stale)?;
+                    let currents: Vec<f64> =
+                        m.current_a.iter().flatten().map(|c| c.abs()).collect();
+                    let (amps, phases) = if currents.is_empty() {
+                        let w = m.power_w?;
+                        (config.electrical.watts_to_amps(0, w.abs()), 0)
+                    } else {
+                        let max = currents.iter().copied().fold(0.0, f64::max);
+                        (max, currents.iter().filter(|c| **c > 1.0).count() as u8)
+                    };
+                    Some((at, amps, phases))
+                });
+                let measured_lines = e.and_then(|e| {
+                    let m = &e.measurement;
+                    m.at.filter(|at| now - *at <= stale)?;
+                    station_lines(&config.electrical, &m.current_a)
+                });
+                evses.push(EvseView {
+                    key: EvseKey::new(&config.id, evse),
+                    station: idx,
+                    session,
+                    measured,
+                    measured_lines,
+                });
+            }
+        }
+        (stations, evses)
+    }
+
+    /// The fallback profiles: the budget per node, who keeps the minimum, the sends.
+    fn failsafe(
+        &self,
+        site: &SiteConfig,
+        config: &ControlConfig,
+        stations: &[StationView<'_>],
+        evses: &[EvseView],
+        links: &mut HashMap<String, StationLink>,
+        now: DateTime<Utc>,
+    ) -> Vec<Send> {
+        let mut nodes = vec![BudgetNode {
+            parent: None,
+            limit: site.grid_limit(),
+        }];
+        let ids: Vec<&str> = std::iter::once(GRID_ID)
+            .chain(site.circuits().iter().map(|c| c.id.as_str()))
+            .collect();
+        for c in site.circuits() {
+            nodes.push(BudgetNode {
+                parent: ids.iter().position(|i| *i == c.parent),
+                limit: c.limit_a,
+            });
+        }
+        let rotation = {
+            let mut r = lock(&self.fallback_rotation);
+            let every =
+                TimeDelta::from_std(config.fallback_rotation).unwrap_or(TimeDelta::minutes(15));
+            match r.1 {
+                Some(at) if now < at + every => {}
+                _ => {
+                    r.0 = r.0.wrapping_add(1);
+                    r.1 = Some(now);
+                }
+            }
+            r.0
+        };
+        let grid = site.model().grid();
+        let unknown = {
+            let state = lock(&self.state);
+            let n = state
+                .stations
+                .values()
+                .filter(|s| !s.known && s.connected)
+                .count();
+            PerLine::splat_on(grid, crate::site::MAX_STATION_CURRENT_A * n as f64)
+        };
+        let input = FallbackInput {
+            nodes,
+            building_reserve: PerLine::splat_on(grid, config.building_reserve_a),
+            unknown_load: unknown,
+            stations: stations
+                .iter()
+                .map(|s| FallbackStation {
+                    path: s.path.clone(),
+                    circuit: s.config.electrical,
+                    max_a: s.config.max_current_a,
+                    evses: s.config.evses,
+                    confirmed: links
+                        .get(&s.config.id)
+                        .is_some_and(|l| l.fallback_confirmed(s.config.evses)),
+                })
+                .collect(),
+            evses: evses
+                .iter()
+                .map(|e| FallbackEvse {
+                    station: e.station,
+                    evse: e.key.evse,
+                    min_a: stations[e.station].config.min_current_a,
+                    has_session: e.session.is_some(),
+                })
+                .collect(),
+            rotation,
+        };
+        let budget = fallback_budget(&input);
+        let mut per_station: HashMap<usize, Vec<(u32, f64)>> = HashMap::new();
+        for (e, amps) in evses.iter().zip(budget) {
+            // Only EVSEs with a session keep a minimum; an idle EVSE's fallback is 0, so a car
+            // plugging in draws nothing before Loadstar has counted it.
+            let amps = if e.session.is_some() { amps } else { 0.0 };
+            per_station
+                .entry(e.station)
+                .or_default()
+                .push((e.key.evse, amps));
+        }
+        let mut sends = Vec::new();
+        let mut decreases = false;
+        let mut increases = Vec::new();
+        for (idx, wanted) in per_station {
+            let s = &stations[idx];
+            let Some(handle) = s.handle.clone().filter(|_| s.ready) else {
+                continue;
+            };
+            let Some(link) = links.get_mut(&s.config.id) else {
+                continue;
+            };
+            if link.fallback_route >= 2 {
+                continue;
+            }
+            let in_watts = link.in_watts || s.rate_w_only;
+            if link.fallback_route == 1 {
+                // Station-wide fallback: the sum.
+                let total: f64 = wanted.iter().map(|w| w.1).sum();
+                let pending = link.evses.values().any(|l| l.fallback_pending.is_some());
+                let same = link.evses.values().all(|l| l.fallback_confirmed)
+                    && (link.evses.values().map(|l| l.fallback_a).sum::<f64>() - total).abs()
+                        < 0.05;
+                if pending || same {
+                    continue;
+                }
+                for (evse, amps) in &wanted {
+                    let l = link.evses.entry(*evse).or_default();
+                    l.fallback_pending = Some(*amps);
+                }
+                sends.push(Send {
+                    station: s.config.id.clone(),
+                    handle: handle.clone(),
+                    circuit: s.config.electrical,
+                    limit: Limit {
+                        evse: 0,
+                        purpose: Purpose::StationMax,
+                        stack_level: 0,
+                        amps: total,
+                        ev_phases: 0,
+                        in_watts,
+                        transaction_id: None,
+                        timing: Timing::Absolute { valid_to: None },
+                    },
+                    what: SendWhat::Fallback { route: 1 },
+                    priority: Priority::Safety,
+                    station_max: s.config.max_current_a,
+                    routes: 0,
+                });
+                continue;
+            }
+            for (evse, amps) in wanted {
+                let l = link.evses.entry(evse).or_default();
+                if l.fallback_pending.is_some()
+                    || (l.fallback_confirmed && (l.fallback_a - amps).abs() < 0.05)
+                {
+                    continue;
+                }
+                let lower = !l.fallback_confirmed || amps < l.fallback_a;
+                if !lower && l.transaction.is_some() && !l.dynamic {
+                    // Without Loadstar's own profile yet, the fallback is what the session
+                    // draws: raising it is an increase the allocation has not counted. It
+                    // waits until the dynamic profile is in place.
+                    continue;
+                }
+                l.fallback_pending = Some(amps);
+                let send = Send {
+                    station: s.config.id.clone(),
+                    handle: handle.clone(),
+                    circuit: s.config.electrical,
+                    limit: Limit {
+                        evse,
+                        purpose: Purpose::TxDefault,
+                        stack_level: 0,
+                        amps,
+                        ev_phases: 0,
+                        in_watts,
+                        transaction_id: None,
+                        timing: Timing::Absolute { valid_to: None },
+                    },
+                    what: SendWhat::Fallback { route: 0 },
+                    priority: if lower {
+                        Priority::Safety
+                    } else {
+                        Priority::Control
+                    },
+                    station_max: s.config.max_current_a,
+                    routes: 0,
+                };
+                if lower {
+                    decreases = true;
+                    sends.push(send);
+                } else {
+                    increases.push(send);
+                }
+            }
+        }
+        if decreases {
+            // Break before make, for fallbacks too: raises wait for the next recompute.
+            for s in &increases {
+                if let Some(l) = links
+                    .get_mut(&s.station)
+                    .and_then(|k| k.evses.get_mut(&s.limit.evse))
+                {
+                    l.fallback_pending = None;
+                }
+            }
+        } else {
+            sends.extend(increases);
+        }
+        sends
+    }
+
+    /// Sends one profile and folds the answer into the dialogue state.
+    async fn send(self: Arc<Self>, send: Send) {
+        let now = self.clock.now();
+        let result = match send.handle.version() {
+            OcppVersion::V16 => send
+                .handle
+                .call(&send.limit.to_v16(&send.circuit, now), send.priority)
+                .await
+                .map(|r| r.status == v16::ChargingProfileStatus::Accepted),
+            OcppVersion::V201 => send
+                .handle
+                .call(&send.limit.to_v201(&send.circuit, now), send.priority)
+                .await
+                .map(|r| r.status == v201::ChargingProfileStatusEnum::Accepted),
+        };
+        let at = self.clock.now();
+        debug!(station = %send.station, evse = send.limit.evse, purpose = ?send.limit.purpose, level = send.limit.stack_level, amps = send.limit.amps, ?result, "profile answered");
+        let record = ProfileRecord {
+            at,
+            station: send.station.clone(),
+            evse: send.limit.evse,
+            purpose: format!("{:?}", send.limit.purpose),
+            stack_level: send.limit.stack_level,
+            amps: send.limit.amps,
+            unit: if send.limit.in_watts { "W" } else { "A" }.to_owned(),
+            valid_to: match send.limit.timing {
+                Timing::Absolute { valid_to } => valid_to,
+                Timing::Relative { .. } => None,
+            },
+            result: match &result {
+                Ok(true) => "accepted".to_owned(),
+                Ok(false) => "rejected".to_owned(),
+                Err(e) => e.to_string(),
+            },
+        };
+        if let Err(e) = self.store.append_profile(&record) {
+            warn!(station = %send.station, error = %e, "store: cannot record the profile sent");
+        }
+        let mut links = lock(&self.links);
+        let Some(link) = links.get_mut(&send.station) else {
+            return;
+        };
+        let learned_before = link.learned();
+        if link.generation != send.handle.generation() {
+            // Answered on a connection that has since been replaced: the reconnect resets it.
+            return;
+        }
+        match (send.what, result) {
+            (SendWhat::Dynamic { evses, .. }, Ok(true)) => {
+                for (evse, l) in link.evses.iter_mut() {
+                    if evses != 0 && *evse != evses {
+                        continue;
+                    }
+                    let Some(p) = l.pending.take() else { continue };
+                    if l.accepted != Some(p.amps) {
+                        l.before = l.accepted.or(Some(send.station_max));
+                        l.changed_at = Some(at);
+                        if l.before == Some(0.0) {
+                            // A new raise from 0 A: checked again for being swallowed.
+                            l.raise_resent = false;
+                        }
+                    }
+                    l.accepted = Some(p.amps);
+                    l.unconfirmed = None;
+                    l.sent_at = Some(at);
+                    l.dynamic = true;
+                }
+            }
+            (SendWhat::Dynamic { evses, route }, Ok(false)) => {
+                for (evse, l) in link.evses.iter_mut() {
+                    if evses != 0 && *evse != evses {
+                        continue;
+                    }
+                    if let Some(p) = l.pending.take() {
+                        l.unconfirmed = Some(p.amps.max(l.unconfirmed.unwrap_or(0.0)));
+                    }
+                }
+                // A TxProfile for a transaction that has just ended is refused for that
+                // reason alone: not a verdict on the route.
+                let stale_tx = send.limit.purpose == Purpose::Tx
+                    && link
+                        .evses
+                        .get(&send.limit.evse)
+                        .is_none_or(|l| l.transaction != send.limit.transaction_id);
+                // Try the next shape or route; remember what this station refused.
+                if stale_tx {
+                    debug!(station = %send.station, evse = send.limit.evse, "TxProfile refused after its transaction ended");
+                } else if matches!(send.limit.timing, Timing::Relative { .. })
+                    && !link.absolute_only
+                {
+                    link.absolute_only = true;
+                    link.learn(&send.station, "rejects relative schedules");
+                } else if link.route == route {
+                    link.route += 1;
+                    let msg = format!(
+                        "rejects {:?} at stack level {}",
+                        send.limit.purpose, send.limit.stack_level
+                    );
+                    link.learn(&send.station, &msg);
+                    if link.route >= send.routes {
+                        warn!(station = %send.station, "station rejects every profile route: held at its max in the allocation");
+                    }
+                }
+                self.wake.notify_one();
+            }
+            (SendWhat::Dynamic { evses, .. }, Err(e)) => {
+                for (evse, l) in link.evses.iter_mut() {
+                    if evses != 0 && *evse != evses {
+                        continue;
+                    }
+                    if let Some(p) = l.pending.take() {
+                        l.unconfirmed = Some(p.amps.max(l.unconfirmed.unwrap_or(0.0)));
+                    }
+                }
+                log_call_error(&send.station, &e);
+                self.wake.notify_one();
+            }
+            (SendWhat::Fallback { route }, Ok(true)) => {
+                for (evse, l) in link.evses.iter_mut() {
+                    if route == 0 && *evse != send.limit.evse {
+                        continue;
+                    }
+                    if let Some(amps) = l.fallback_pending.take() {
+                        l.fallback_a = amps;
+                        l.fallback_confirmed = true;
+                        if !l.dynamic && l.transaction.is_some() {
+                            // The fallback is what a session runs on until Loadstar's own
+                            // profile lands.
+                            if l.accepted.is_none_or(|a| amps < a) {
+                                l.before = l.accepted;
+                                l.changed_at = Some(at);
+                            }
+                            l.accepted = Some(amps);
+                        }
+                    }
+                }
+                self.wake.notify_one();
+            }
+            (SendWhat::Fallback { route }, Ok(false)) => {
+                for l in link.evses.values_mut() {
+                    l.fallback_pending = None;
+                    l.fallback_confirmed = false;
+                }
+                if link.fallback_route == route {
+                    link.fallback_route += 1;
+                    let msg = if route == 0 {
+                        "rejects the TxDefaultProfile fallback"
+                    } else {
+                        "rejects the station-wide fallback: no fallback, counted at its max"
+                    };
+                    link.learn(&send.station, msg);
+                }
+                self.wake.notify_one();
+            }
+            (SendWhat::Fallback { .. }, Err(e)) => {
+                for (evse, l) in link.evses.iter_mut() {
+                    if send.limit.evse == 0 || *evse == send.limit.evse {
+                        l.fallback_pending = None;
+                    }
+                }
+                log_call_error(&send.station, &e);
+            }
+        }
+        let learned = link.learned();
+        if learned != learned_before
+            && let Some(key) = link.model_key.clone()
+        {
+            drop(links);
+            match serde_json::to_vec(&learned) {
+                Ok(bytes) => {
+                    if let Err(e) = self.store.put_control(&key, &bytes) {
+                        warn!(model = %key, error = %e, "store: cannot save station quirks");
+                    }
+                }
+                Err(e) => warn!(error = %e, "cannot encode station quirks"),
+            }
+        }
+    }
+}
+
+/// The per-phase currents a station reports, on the grid lines its phases land on (a
+/// line-to-line phase loads both lines). `None` when it reports no current.
+fn station_lines(circuit: &StationCircuit, phases: &[Option<f64>; 3]) -> Option<PerLine> {
+    if phases.iter().all(Option::is_none) {
+        return None;
+    }
+    let mut out = PerLine::ZERO;
+    match circuit.wiring() {
+        StationWiring::SinglePhase(PhaseConnection::LineToLine(a, b)) => {
+            let i = phases[0].unwrap_or(0.0).abs();
+            out[a] = i;
+            out[b] = i;
+        }
+        wiring => {
+            for (line, i) in wiring.lines().into_iter().zip(phases.iter()) {
+                out[line] += i.unwrap_or(0.0).abs();
+            }
+        }
+    }
+    Some(out)
+}
+
+fn link_quirk(link: &mut StationLink, station: &str, quirk: &str) {
+    link.learn(station, quirk);
+}
+
+fn log_call_error(station: &str, e: &CallError) {
+    match e {
+        CallError::NotConnected(_) => debug!(station, "profile not sent: station not connected"),
+        other => {
+            warn!(station, error = %other, "profile not confirmed: the station is counted at its old limit or its max")
+        }
+    }
+}
+
+/// Absolute times only when the station's clock agrees with ours (or nothing says it does
+/// not); otherwise a Relative schedule that still ends by itself.
+fn timing(
+    skew_s: Option<i64>,
+    absolute_only: bool,
+    now: DateTime<Utc>,
+    validity: TimeDelta,
+    session_start: Option<DateTime<Utc>>,
+) -> Timing {
+    let agrees = skew_s.is_none_or(|s| s.abs() <= CLOCK_AGREEMENT_S);
+    if agrees || absolute_only || session_start.is_none() {
+        return Timing::Absolute {
+            valid_to: if agrees { Some(now + validity) } else { None },
+        };
+    }
+    let since_start = session_start.map_or(0, |s| (now - s).num_seconds().max(0));
+    Timing::Relative {
+        duration_s: i32::try_from(since_start + validity.num_seconds()).ok(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_step_down_levels_then_purposes() {
+        assert_eq!(
+            routes(Some(3)),
+            vec![
+                (Purpose::Tx, 3),
+                (Purpose::Tx, 2),
+                (Purpose::Tx, 0),
+                (Purpose::TxDefault, 3),
+                (Purpose::TxDefault, 2),
+                (Purpose::StationMax, 3),
+                (Purpose::StationMax, 0),
+            ]
+        );
+        assert_eq!(
+            routes(Some(0)),
+            vec![(Purpose::Tx, 0), (Purpose::StationMax, 0)],
+            "TxDefault at level 0 would replace the fallback"
+        );
+    }
+
+    #[test]
+    fn holds_count_the_larger_value_until_confirmed_and_ramped() {
+        let now = Utc::now();
+        let ramp = TimeDelta::seconds(5);
+        let mut l = EvseLink {
+            accepted: Some(16.0),
+            fallback_a: 6.0,
+            fallback_confirmed: true,
+            ..EvseLink::default()
+        };
+        assert_eq!(l.hold(now, ramp, 32.0), None);
+        l.pending = Some(Pending {
+            amps: 8.0,
+            sent_at: now,
+        });
+        assert_eq!(l.hold(now, ramp, 32.0).map(|h| h.0), Some(16.0));
+        l.pending = None;
+        l.before = Some(16.0);
+        l.accepted = Some(8.0);
+        l.changed_at = Some(now);
+        assert_eq!(l.hold(now, ramp, 32.0).map(|h| h.0), Some(16.0), "ramping");
+        assert_eq!(l.hold(now + ramp, ramp, 32.0), None, "ramped");
+        l.unconfirmed = Some(10.0);
+        assert_eq!(l.hold(now + ramp, ramp, 32.0).map(|h| h.0), Some(10.0));
+        // An unanswered station may let its profile run out: its fallback counts too.
+        l.fallback_a = 12.0;
+        assert_eq!(l.hold(now + ramp, ramp, 32.0).map(|h| h.0), Some(12.0));
+        l.fallback_confirmed = false;
+        assert_eq!(
+            l.hold(now + ramp, ramp, 32.0).map(|h| h.0),
+            Some(32.0),
+            "no fallback: its max"
+        );
+        l.fallback_confirmed = true;
+        l.accepted = None;
+        assert_eq!(
+            l.hold(now + ramp, ramp, 32.0).map(|h| h.0),
+            Some(32.0),
+            "unknown counts at max"
+        );
+    }
+
+    #[test]
+    fn absolute_times_only_when_the_clocks_agree() {
+        let now = Utc::now();
+        let v = TimeDelta::seconds(300);
+        let start = Some(now - TimeDelta::seconds(100));
+        assert_eq!(
+            timing(Some(3), false, now, v, start),
+            Timing::Absolute {
+                valid_to: Some(now + v)
+            }
+        );
+        assert_eq!(
+            timing(Some(3600), false, now, v, start),
+            Timing::Relative {
+                duration_s: Some(400)
+            }
+        );
+        assert_eq!(
+            timing(Some(3600), true, now, v, start),
+            Timing::Absolute { valid_to: None }
+        );
+    }
+}
