@@ -10,7 +10,14 @@
 //! - `load/memory`: load from a component this host compiled (InstancePre) plus the first read
 //!   (instantiation included);
 //! - `load/disk`: the same from the on-disk artifact (deserialization included);
-//! - `load/compile`: the same with a cold compile (cranelift).
+//! - `load/compile`: the same with a cold compile (cranelift);
+//! - `instantiate/*`: a fresh instance from the `InstancePre` alone (store with WASI context
+//!   and limits, instantiation, the old instance dropped), for a meter and a policy;
+//! - `compile/*`: a cold compile alone (`Component::new` through the host, no cache);
+//! - `read/sunspec-loopback`, `read/http-json-loopback`: a meter read with its real host call,
+//!   `sunspec-meter` against the sims' SunSpec Modbus TCP server and `http-json-meter` against
+//!   the sims' HomeWizard P1 HTTP server, both on 127.0.0.1 and on the bench's runtime (so the
+//!   server's work is in the figure; each call opens its own connection).
 //!
 //! Baseline in the same run: `baseline/block_on`, the cost of driving an empty future on the
 //! same runtime, which every measured call here also pays.
@@ -25,7 +32,11 @@ use loadstar::plugins::wit::{
 };
 use loadstar::plugins::{CacheOutcome, HostOptions, PluginHost, PluginSpec, World};
 use loadstar::store::{SledStore, Store};
-use loadstar_plugin_artifacts::{PEAK_SHAVING, PROBE_METER, PROBE_POLICY};
+use loadstar_optimizer::model::PerLine as Lines;
+use loadstar_plugin_artifacts::{
+    HTTP_JSON_METER, PEAK_SHAVING, PROBE_METER, PROBE_POLICY, SUNSPEC_METER,
+};
+use loadstar_sims::site::MeterReading as SimReading;
 
 fn spec(name: &str, world: World, mode: &str) -> PluginSpec {
     let mut spec = PluginSpec::new(name, world);
@@ -178,6 +189,85 @@ fn bench(c: &mut Criterion) {
         })
     });
     group.finish();
+
+    let mut group = c.benchmark_group("instantiate");
+    group.bench_function("probe-meter", |b| {
+        b.iter(|| rt.block_on(meter.instantiate()).expect("instantiate"))
+    });
+    group.bench_function("peak-shaving", |b| {
+        b.iter(|| rt.block_on(peak.instantiate()).expect("instantiate"))
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("compile");
+    group.sample_size(10);
+    for (name, wasm) in [("probe-meter", PROBE_METER), ("peak-shaving", PEAK_SHAVING)] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                cold.forget_compiled();
+                let (_, outcome) = cold.component(name, wasm).expect("compile");
+                assert_eq!(outcome, CacheOutcome::Compiled);
+            })
+        });
+    }
+    group.finish();
+
+    loopback_reads(c, &rt, &host);
+}
+
+/// Meter reads against real servers on 127.0.0.1 (the sims' meters).
+fn loopback_reads(c: &mut Criterion, rt: &tokio::runtime::Runtime, host: &PluginHost) {
+    let (_tx, rx) = tokio::sync::watch::channel(SimReading {
+        at: None,
+        amps: Lines::new(10.0, -2.5, 8.0),
+        watts: Lines::new(2300.0, -575.0, 1840.0),
+        volts: Lines::new(230.0, 231.5, 229.0),
+        import_wh: 123_456.0,
+        export_wh: 789.0,
+    });
+    let sunspec = rt
+        .block_on(loadstar_sims::meter::serve_sunspec(rx.clone(), "SN-1"))
+        .expect("sunspec server");
+    let mut spec = PluginSpec::new("sunspec", World::Meter);
+    spec.config
+        .insert("endpoint".into(), sunspec.addr.to_string().into());
+    spec.grants.modbus = vec![sunspec.addr.to_string()];
+    // The first read walks the model chain; later reads read the model directly.
+    bench_read(c, rt, host, "read/sunspec-loopback", spec, SUNSPEC_METER);
+
+    let p1 = rt
+        .block_on(loadstar_sims::meter::serve_homewizard(rx, false))
+        .expect("http server");
+    let mut spec = PluginSpec::new("p1", World::Meter);
+    spec.config.insert("preset".into(), "homewizard-p1".into());
+    spec.config
+        .insert("base".into(), format!("http://{}", p1.addr).into());
+    spec.grants.http = vec![p1.addr.to_string()];
+    bench_read(
+        c,
+        rt,
+        host,
+        "read/http-json-loopback",
+        spec,
+        HTTP_JSON_METER,
+    );
+}
+
+/// Loads a meter, checks a first read against the sims' reading, then benches its reads.
+fn bench_read(
+    c: &mut Criterion,
+    rt: &tokio::runtime::Runtime,
+    host: &PluginHost,
+    name: &str,
+    spec: PluginSpec,
+    wasm: &[u8],
+) {
+    let mut meter = host.load_meter(spec, wasm).expect("load");
+    let first = rt.block_on(meter.read()).expect("first read");
+    assert_eq!(first.current.l2, Some(-2.5));
+    c.bench_function(name, |b| {
+        b.iter(|| rt.block_on(meter.read()).expect("read"))
+    });
 }
 
 criterion_group!(benches, bench);

@@ -25,6 +25,9 @@ pub mod deadline;
 mod error;
 pub mod http;
 mod imports;
+pub mod lines;
+mod lower;
+pub mod set;
 pub mod spec;
 
 use std::collections::HashMap;
@@ -33,17 +36,19 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::component::{Component, Func, HasSelf, Linker, ResourceTable, TypedFunc};
 use wasmtime::{Config, Engine, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{HostWallClock, WasiCtxBuilder};
 
 pub use cache::CacheOutcome;
 pub use error::PluginError;
+pub use lines::{ReadingError, line_currents};
+pub use set::{Loaded, PluginSet, ReloadReport};
 pub use spec::{Grants, Limits, PluginSpec, World};
 
 use bindings::meter::{Meter, MeterPre};
-use bindings::policy::{Policy, PolicyPre};
+use bindings::policy::PolicyPre;
 use imports::{Capabilities, Counters, Kv, PluginState};
 
 use crate::clock::Clock;
@@ -55,6 +60,27 @@ pub mod wit {
         Constraints, EvseHint, EvseState, EvseStatus, HostError, LimitSlot, MeterReading, Node,
         PerLine, PriceForecast, PriceSlot, Reading, SiteSnapshot, SolarSlot, SolarSurplus,
     };
+}
+
+/// What a file is, from its first 8 bytes (the wasm preamble: magic, version, layer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WasmKind {
+    /// A WebAssembly component (layer 1): what a plugin must be.
+    Component,
+    /// A core WebAssembly module (layer 0), e.g. built for `wasm32-unknown-unknown`.
+    CoreModule,
+    /// Not WebAssembly at all (or shorter than the preamble).
+    NotWasm,
+}
+
+impl WasmKind {
+    pub fn of(head: &[u8]) -> WasmKind {
+        match head {
+            [0x00, b'a', b's', b'm', _, _, 0x01, 0x00, ..] => WasmKind::Component,
+            [0x00, b'a', b's', b'm', _, _, 0x00, 0x00, ..] => WasmKind::CoreModule,
+            _ => WasmKind::NotWasm,
+        }
+    }
 }
 
 /// Most entries in each list of a policy's constraints.
@@ -207,7 +233,7 @@ impl PluginHost {
         info!(plugin = %spec.name, world = "policy", source = ?outcome, "plugin loaded");
         Ok(PolicyPlugin {
             runtime: Runtime::new(spec, caps, outcome),
-            pre,
+            pre: FastPolicyPre(pre),
             live: None,
         })
     }
@@ -646,6 +672,14 @@ impl MeterPlugin {
         result
     }
 
+    /// Replaces the instance with a fresh one now (from the `InstancePre`, under the call
+    /// deadline), so the next call pays no instantiation. Fails fast during a backoff.
+    pub async fn instantiate(&mut self) -> Result<(), PluginError> {
+        self.live = None;
+        ensure_live!(self);
+        Ok(())
+    }
+
     pub fn status(&self) -> PluginStatus {
         self.runtime.status()
     }
@@ -675,11 +709,43 @@ fn check_reading(r: &wit::Reading) -> Result<(), String> {
 
 // ------------------------------------------------------------------------------ policy
 
+/// The `evaluate` signature with the snapshot lowered by [`lower::SnapshotArg`].
+type Evaluate<'a> = TypedFunc<(lower::SnapshotArg<'a>,), (Result<wit::Constraints, String>,)>;
+
+/// A policy's `InstancePre` (the world checked at load) whose instances call `evaluate`
+/// through [`Evaluate`] rather than the generated bindings.
+struct FastPolicyPre(PolicyPre<PluginState>);
+
+/// A policy instance's export, type-checked against [`Evaluate`] at instantiation.
+struct PolicyExports {
+    evaluate: Func,
+}
+
+impl FastPolicyPre {
+    fn engine(&self) -> &Engine {
+        self.0.engine()
+    }
+
+    async fn instantiate_async(
+        &self,
+        store: &mut wasmtime::Store<PluginState>,
+    ) -> wasmtime::Result<PolicyExports> {
+        let instance = self.0.instance_pre().instantiate_async(&mut *store).await?;
+        let evaluate = instance
+            .get_func(&mut *store, "evaluate")
+            .ok_or_else(|| wasmtime::format_err!("the component exports no `evaluate`"))?;
+        let evaluate = *evaluate
+            .typed::<(lower::SnapshotArg<'_>,), (Result<wit::Constraints, String>,)>(&*store)?
+            .func();
+        Ok(PolicyExports { evaluate })
+    }
+}
+
 /// A loaded policy plugin.
 pub struct PolicyPlugin {
     runtime: Runtime,
-    pre: PolicyPre<PluginState>,
-    live: Option<Live<Policy>>,
+    pre: FastPolicyPre,
+    live: Option<Live<PolicyExports>>,
 }
 
 impl PolicyPlugin {
@@ -694,18 +760,30 @@ impl PolicyPlugin {
         };
         let deadline = self.runtime.arm(&mut live.store);
         let ticker = self.runtime.caps.ticker.clone();
-        let raw = ticker
-            .race(
-                deadline,
-                live.exports.call_evaluate(&mut live.store, snapshot),
-            )
-            .await;
+        // SAFETY: `evaluate` was type-checked for this signature at instantiation; `Evaluate`
+        // differs only in the lifetime of the borrowed snapshot.
+        let evaluate = unsafe { Evaluate::new_unchecked(live.exports.evaluate) };
+        let call = async {
+            let (result,) = evaluate
+                .call_async(&mut live.store, (lower::SnapshotArg::new(snapshot),))
+                .await?;
+            Ok(result)
+        };
+        let raw = ticker.race(deadline, call).await;
         let outcome = self.runtime.outcome(raw, &live.store, check_constraints);
         let (result, drop_instance) = self.runtime.settle(outcome);
         if drop_instance {
             self.live = None;
         }
         result
+    }
+
+    /// Replaces the instance with a fresh one now (from the `InstancePre`, under the call
+    /// deadline), so the next call pays no instantiation. Fails fast during a backoff.
+    pub async fn instantiate(&mut self) -> Result<(), PluginError> {
+        self.live = None;
+        ensure_live!(self);
+        Ok(())
     }
 
     pub fn status(&self) -> PluginStatus {

@@ -384,7 +384,8 @@ impl Default for LoggingSettings {
 impl SiteConfig {
     /// Reads and validates the site file at `path`. Relative paths inside it (`password_file`,
     /// `id_tags_file`, `store.data_dir`) are resolved against the file's directory; secrets
-    /// named by `password_env` come from the process environment.
+    /// named by `password_env` come from the process environment. Each `[[plugin]]`'s `wasm`
+    /// must be a readable WebAssembly component (its preamble is checked, not its contents).
     pub fn load(path: &Path) -> Result<SiteConfig, ConfigErrors> {
         let name = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
@@ -402,7 +403,7 @@ impl SiteConfig {
             _ => Path::new("."),
         };
         let env = |name: &str| std::env::var(name).ok();
-        match build::build(&text, base_dir, &env) {
+        match build::build(&text, base_dir, &env, build::Files::Check) {
             Ok(mut config) => {
                 for w in &mut config.warnings {
                     if w.file.is_none() {
@@ -417,13 +418,14 @@ impl SiteConfig {
 
     /// Validates site-file `text`. `base_dir` resolves relative paths; `env` looks up the
     /// variables named by `password_env` (inject a map in tests; `load` uses the process
-    /// environment). Diagnostics carry no file name.
+    /// environment). Diagnostics carry no file name. Plugin components are not opened (`load`
+    /// checks them).
     pub fn parse(
         text: &str,
         base_dir: &Path,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<SiteConfig, ConfigErrors> {
-        build::build(text, base_dir, env)
+        build::build(text, base_dir, env, build::Files::Skip)
     }
 
     /// The demo's site ([`DEMO_SITE`]), with `store.data_dir` under `base_dir`.
@@ -525,12 +527,12 @@ impl SiteConfig {
         &self.api
     }
 
-    /// `[logging]`.
     /// The `[[plugin]]` entries, in file order.
     pub fn plugins(&self) -> &[SitePlugin] {
         &self.plugins
     }
 
+    /// `[logging]`.
     pub fn logging(&self) -> &LoggingSettings {
         &self.logging
     }
@@ -569,9 +571,12 @@ impl SiteConfig {
         }
         out.push('\n');
         self.summary_node(GRID_ID, "", &mut out);
+        for p in &self.plugins {
+            summary_plugin(p, &mut out);
+        }
         let _ = write!(
             out,
-            "{} circuit{}, {} station{}, {} EVSE{}; OCPP on {}, API on {}",
+            "{} circuit{}, {} station{}, {} EVSE{}, {} plugin{}; OCPP on {}, API on {}",
             self.circuits.len(),
             plural(self.circuits.len()),
             self.stations.len(),
@@ -581,6 +586,8 @@ impl SiteConfig {
                 .map(|s| s.evses as usize)
                 .sum::<usize>(),
             plural(self.stations.iter().map(|s| s.evses as usize).sum()),
+            self.plugins.len(),
+            plural(self.plugins.len()),
             self.csms.listen,
             self.api.listen
         );
@@ -636,6 +643,47 @@ fn branch(last: bool, indent: &str) -> (&'static str, String) {
     } else {
         ("├─ ", format!("{indent}│  "))
     }
+}
+
+/// One plugin's lines of the summary: world, name, component, grants and limits.
+fn summary_plugin(p: &SitePlugin, out: &mut String) {
+    let (spec, g, l) = (&p.spec, &p.spec.grants, &p.spec.limits);
+    let _ = writeln!(
+        out,
+        "plugin {} ({}): {}",
+        spec.name,
+        spec.world,
+        p.wasm.display()
+    );
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    let kv = if g.kv_max_bytes == 0 {
+        "none".to_string()
+    } else {
+        format!("{} bytes in {} keys", g.kv_max_bytes, g.kv_max_keys)
+    };
+    let _ = writeln!(
+        out,
+        "  grants: http {}; modbus {}; kv {kv}",
+        list(&g.http),
+        list(&g.modbus)
+    );
+    let _ = writeln!(
+        out,
+        "  limits: deadline {} ms, memory {} MiB, failed after {} errors, restart backoff {}–{} ms, \
+         HTTP responses up to {} bytes",
+        l.deadline_ms,
+        l.memory_bytes >> 20,
+        l.max_consecutive_errors,
+        l.restart_backoff_min_ms,
+        l.restart_backoff_max_ms,
+        l.http_max_response_bytes
+    );
 }
 
 fn plural(n: usize) -> &'static str {

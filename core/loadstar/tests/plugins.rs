@@ -12,9 +12,10 @@ use loadstar::plugins::wit::{
     EvseState, EvseStatus, MeterReading, Node, PerLine, Reading, SiteSnapshot,
 };
 use loadstar::plugins::{
-    CacheOutcome, HostOptions, MeterPlugin, PluginError, PluginHealth, PluginHost, PluginSpec,
-    PolicyPlugin, World,
+    CacheOutcome, HostOptions, MeterPlugin, PluginError, PluginHealth, PluginHost, PluginSet,
+    PluginSpec, PolicyPlugin, World,
 };
+use loadstar::site::SiteConfig;
 use loadstar::store::{SledStore, Store};
 use loadstar_plugin_artifacts::{
     DAY_AHEAD_PRICE, PEAK_SHAVING, PROBE_METER, PROBE_POLICY, SOLAR_SURPLUS, SUNSPEC_METER,
@@ -252,6 +253,99 @@ fn snapshot(evses: usize) -> SiteSnapshot {
     }
 }
 
+/// What the probe's `echo` mode renders of an EVSE as the guest received it.
+fn rendered(e: &EvseState) -> String {
+    format!(
+        "{}|{}|{}|{:?}|{:?}|{:?}|{:?},{:?},{:?}|{:?}",
+        e.node,
+        e.status as u8,
+        e.session_active,
+        e.min_current,
+        e.max_current,
+        e.setpoint,
+        e.measured.l1,
+        e.measured.l2,
+        e.measured.l3,
+        e.session_energy,
+    )
+}
+
+/// The host lowers `list<evse-state>` by hand (`plugins/lower.rs`): every field, every case of
+/// every option and enum, empty and non-ASCII strings, and a list big enough to grow the guest's
+/// memory while it is lowered must arrive exactly as sent.
+#[tokio::test]
+async fn a_policy_receives_every_evse_field_as_sent() {
+    let f = fixture();
+    let mut plugin = f
+        .host
+        .load_policy(
+            spec("echo", World::Policy, json!({ "mode": "echo" })),
+            PROBE_POLICY,
+        )
+        .expect("load policy");
+    let statuses = [
+        EvseStatus::Available,
+        EvseStatus::Preparing,
+        EvseStatus::Charging,
+        EvseStatus::SuspendedEv,
+        EvseStatus::SuspendedEvse,
+        EvseStatus::Finishing,
+        EvseStatus::Reserved,
+        EvseStatus::Unavailable,
+        EvseStatus::Faulted,
+        EvseStatus::Unknown,
+    ];
+    let some = |i: usize, v: f64| (!i.is_multiple_of(3)).then_some(v);
+    let mut snap = snapshot(0);
+    snap.evses = (0..3000)
+        .map(|i| EvseState {
+            id: match i % 4 {
+                0 => format!("CP-{i}/1"),
+                1 => format!("Ladesäule-{i}/²"),
+                2 => "x".repeat(i % 97),
+                _ => String::new(),
+            },
+            node: if i % 5 == 0 {
+                String::new()
+            } else {
+                format!("feeder-{}", i % 7)
+            },
+            status: statuses[i % statuses.len()],
+            session_active: i % 2 == 0,
+            min_current: i as f64 * 0.5,
+            max_current: -(i as f64) - 0.25,
+            setpoint: some(i, i as f64 / 3.0),
+            measured: PerLine {
+                l1: some(i + 1, f64::MIN_POSITIVE * i as f64),
+                l2: some(i + 2, -1e300),
+                l3: some(i, 16.0),
+            },
+            session_energy: some(i + 1, 1e-9 * i as f64),
+        })
+        .collect();
+    for evses in [0, 1, 7, 3000] {
+        let mut s = snap.clone();
+        s.evses.truncate(evses);
+        let c = plugin.evaluate(&s).await.expect("evaluate");
+        assert_eq!(c.hints.len(), evses);
+        for (e, h) in s.evses.iter().zip(&c.hints) {
+            assert_eq!(h.evse, e.id);
+            assert_eq!(h.reason, rendered(e), "{e:?}");
+        }
+    }
+    // The rest of the snapshot still arrives (the probe's `ok` mode reads the nodes).
+    let mut ok = f
+        .host
+        .load_policy(
+            spec("ok", World::Policy, json!({ "mode": "ok" })),
+            PROBE_POLICY,
+        )
+        .expect("load policy");
+    let c = ok.evaluate(&snap).await.expect("evaluate");
+    assert_eq!(c.limits[0].reason, "half of grid for 3000 EVSEs");
+    assert_eq!(c.hints[0].evse, "CP-0/1");
+}
+
 #[tokio::test]
 async fn a_component_of_the_other_world_is_refused_at_load() {
     let f = fixture();
@@ -334,6 +428,31 @@ async fn a_panic_is_a_trap_with_its_message() {
     assert!(matches!(err, PluginError::Trap { .. }), "{err:?}");
     assert!(err.to_string().contains("probe panics on purpose"), "{err}");
     recovers(&mut plugin).await;
+}
+
+#[tokio::test]
+async fn instantiate_replaces_the_instance_and_waits_out_a_backoff() {
+    let f = fixture();
+    let mut plugin = meter(&f, json!({ "mode": "panic", "once": true }));
+    plugin.instantiate().await.expect("instantiate");
+    assert_eq!(plugin.status().calls, 0, "instantiating is not a call");
+    plugin.read().await.expect_err("panics once");
+    let err = plugin.instantiate().await.expect_err("during the backoff");
+    assert!(matches!(err, PluginError::BackingOff { .. }), "{err:?}");
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    plugin.instantiate().await.expect("after the backoff");
+    assert_eq!(plugin.status().restarts, 1);
+    assert_eq!(plugin.read().await.expect("reads").current.l1, Some(10.0));
+
+    let mut policy = f
+        .host
+        .load_policy(
+            spec("p", World::Policy, json!({ "mode": "ok" })),
+            PROBE_POLICY,
+        )
+        .expect("load");
+    policy.instantiate().await.expect("instantiate");
+    policy.evaluate(&snapshot(1)).await.expect("evaluate");
 }
 
 #[tokio::test]
@@ -1369,4 +1488,156 @@ async fn a_sleep_in_wasi_is_cut_off_and_a_log_flood_is_capped() {
         900,
         "100 lines per call are kept"
     );
+}
+
+// ------------------------------------------------------------------------- plugin set
+
+/// A site file whose `[[plugin]]` entries are `(name, world, wasm, config)`.
+fn site_with_plugins(dir: &std::path::Path, plugins: &[(&str, &str, &str, &str)]) -> SiteConfig {
+    let mut text = String::from(
+        "[site]\ntimezone = \"Europe/Amsterdam\"\n\n[grid]\ntype = \"wye\"\nvoltage = 230.0\nlimit_a = 63.0\n",
+    );
+    for (name, world, wasm, config) in plugins {
+        text.push_str(&format!(
+            "\n[[plugin]]\nname = \"{name}\"\nworld = \"{world}\"\nwasm = \"{wasm}\"\nconfig = {config}\n"
+        ));
+    }
+    SiteConfig::parse(&text, dir, &|_| None).unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+#[tokio::test]
+async fn a_plugin_set_loads_a_site_files_plugins_and_follows_its_changes() {
+    let f = fixture();
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("meter.wasm"), PROBE_METER).expect("write");
+    std::fs::write(dir.path().join("policy.wasm"), PROBE_POLICY).expect("write");
+    let fixed = "{ mode = \"fixed\" }";
+    let site = site_with_plugins(
+        dir.path(),
+        &[
+            ("grid", "meter", "meter.wasm", fixed),
+            ("cap", "policy", "policy.wasm", "{ mode = \"ok\" }"),
+            ("gone", "meter", "missing.wasm", fixed),
+            ("confused", "meter", "policy.wasm", fixed),
+        ],
+    );
+    let (mut set, failed) = PluginSet::load(&f.host, site.plugins());
+    assert_eq!(set.names().collect::<Vec<_>>(), ["grid", "cap"]);
+    let failed: Vec<(&str, &PluginError)> = failed.iter().map(|(n, e)| (n.as_str(), e)).collect();
+    assert!(
+        matches!(
+            failed[..],
+            [
+                ("gone", PluginError::Read { .. }),
+                ("confused", PluginError::Instantiate { .. })
+            ]
+        ),
+        "{failed:?}"
+    );
+    let grid = set.meter_mut("grid").expect("a meter");
+    assert_eq!(grid.read().await.expect("read").current.l2, Some(10.0));
+    assert!(set.policy_mut("grid").is_none(), "a meter is not a policy");
+    assert!(set.meter_mut("cap").is_none());
+    let snap = snapshot(2);
+    let c = set
+        .policy_mut("cap")
+        .expect("policy")
+        .evaluate(&snap)
+        .await
+        .expect("evaluate");
+    assert_eq!(c.limits.len(), 1, "the `ok` mode");
+    assert_eq!(
+        set.meters_mut()
+            .map(|(n, _)| n.to_string())
+            .collect::<Vec<_>>(),
+        ["grid"]
+    );
+    assert_eq!(set.policies_mut().count(), 1);
+    let statuses = set.statuses();
+    assert_eq!(
+        statuses
+            .iter()
+            .map(|s| (s.name.as_str(), s.world, s.calls))
+            .collect::<Vec<_>>(),
+        [("grid", World::Meter, 1), ("cap", World::Policy, 1)]
+    );
+
+    // The policy's config changes, the missing component appears, a new plugin comes, the
+    // confused one is dropped from the file, the meter stays as it is.
+    std::fs::write(dir.path().join("missing.wasm"), PROBE_METER).expect("write");
+    let site = site_with_plugins(
+        dir.path(),
+        &[
+            ("grid", "meter", "meter.wasm", fixed),
+            ("cap", "policy", "policy.wasm", "{ mode = \"echo\" }"),
+            ("gone", "meter", "missing.wasm", fixed),
+            ("extra", "policy", "policy.wasm", "{ mode = \"ok\" }"),
+        ],
+    );
+    let report = set.reload(&f.host, &site);
+    assert_eq!(report.unchanged, ["grid"]);
+    assert_eq!(report.reloaded, ["cap"]);
+    assert_eq!(report.added, ["gone", "extra"]);
+    assert!(
+        report.removed.is_empty() && report.failed.is_empty(),
+        "{report:?}"
+    );
+    assert_eq!(
+        set.names().collect::<Vec<_>>(),
+        ["grid", "cap", "gone", "extra"]
+    );
+    let c = set
+        .policy_mut("cap")
+        .expect("policy")
+        .evaluate(&snap)
+        .await
+        .expect("evaluate");
+    assert_eq!(
+        (c.limits.len(), c.hints.len()),
+        (0, 2),
+        "the `echo` mode now"
+    );
+    let counters = |set: &PluginSet, name: &str| {
+        let s = set.statuses().into_iter().find(|s| s.name == name);
+        s.map(|s| (s.reloads, s.calls))
+    };
+    assert_eq!(
+        counters(&set, "cap"),
+        Some((1, 2)),
+        "counters carry over a reload"
+    );
+    assert_eq!(
+        counters(&set, "grid"),
+        Some((0, 1)),
+        "an unchanged plugin is not touched"
+    );
+
+    // A component replaced on disk by junk fails to reload and keeps running; one that
+    // changed world is loaded anew; entries gone from the file are dropped.
+    std::fs::write(dir.path().join("meter.wasm"), b"\0asm junk").expect("write");
+    let site = site_with_plugins(
+        dir.path(),
+        &[
+            ("grid", "meter", "meter.wasm", fixed),
+            ("cap", "policy", "policy.wasm", "{ mode = \"echo\" }"),
+            ("extra", "meter", "missing.wasm", fixed),
+        ],
+    );
+    let report = set.reload(&f.host, &site);
+    assert_eq!(report.unchanged, ["cap"]);
+    assert_eq!(report.reloaded, ["extra"]);
+    assert_eq!(report.removed, ["gone"]);
+    assert!(
+        matches!(report.failed[..], [(ref n, PluginError::Compile { .. })] if n == "grid"),
+        "{report:?}"
+    );
+    let grid = set.meter_mut("grid").expect("still loaded");
+    assert_eq!(
+        grid.read().await.expect("the old component").current.l2,
+        Some(10.0)
+    );
+    let extra = set.meter_mut("extra").expect("now a meter");
+    assert_eq!(extra.read().await.expect("read").current.l2, Some(10.0));
+    assert!(set.policy_mut("extra").is_none());
+    assert_eq!(set.len(), 3);
 }

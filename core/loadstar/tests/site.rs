@@ -1482,6 +1482,127 @@ wasm = \"n.wasm\"
     );
 }
 
+#[test]
+fn the_summary_lists_each_plugin_with_its_world_component_grants_and_limits() {
+    let text = format!(
+        "{BASE}
+[[plugin]]
+name = \"grid-meter\"
+world = \"meter\"
+wasm = \"plugins/sunspec_meter.wasm\"
+grants = {{ modbus = [\"192.168.1.20:502\"], http = [\"10.0.0.2:80\", \"10.0.0.3:8080\"] }}
+limits = {{ deadline_ms = 80, memory_mib = 16 }}
+
+[[plugin]]
+name = \"cap\"
+world = \"policy\"
+wasm = \"/opt/loadstar/peak_shaving.wasm\"
+grants = {{ kv_max_bytes = 0 }}
+"
+    );
+    let summary = ok(&text).summary();
+    let lines: Vec<&str> = summary.lines().collect();
+    let at = |needle: &str| {
+        lines
+            .iter()
+            .position(|l| l.starts_with(needle))
+            .unwrap_or_else(|| panic!("no line starting {needle:?} in:\n{summary}"))
+    };
+    let meter = at("plugin grid-meter (meter): /srv/site/plugins/sunspec_meter.wasm");
+    assert_eq!(
+        lines[meter + 1],
+        "  grants: http 10.0.0.2:80, 10.0.0.3:8080; modbus 192.168.1.20:502; kv 65536 bytes in 256 keys"
+    );
+    assert_eq!(
+        lines[meter + 2],
+        "  limits: deadline 80 ms, memory 16 MiB, failed after 3 errors, restart backoff 1000–300000 ms, \
+         HTTP responses up to 1048576 bytes"
+    );
+    let cap = at("plugin cap (policy): /opt/loadstar/peak_shaving.wasm");
+    assert_eq!(cap, meter + 3);
+    assert_eq!(lines[cap + 1], "  grants: http none; modbus none; kv none");
+    let last = lines.last().expect("the count line");
+    assert!(last.contains(", 2 plugins;"), "{summary}");
+    assert!(ok(BASE).summary().contains(", 0 plugins;"));
+}
+
+#[test]
+fn load_refuses_a_plugin_component_that_is_missing_or_not_a_component() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("meter.wasm"),
+        loadstar_plugin_artifacts::PROBE_METER,
+    )
+    .unwrap();
+    // A core module (`wasm32-unknown-unknown`): the right magic, layer 0.
+    std::fs::write(dir.path().join("core.wasm"), b"\0asm\x01\0\0\0").unwrap();
+    std::fs::write(dir.path().join("notes.wasm"), b"hello").unwrap();
+    std::fs::create_dir(dir.path().join("folder.wasm")).unwrap();
+    let entry = |name: &str, wasm: &str| {
+        format!("\n[[plugin]]\nname = \"{name}\"\nworld = \"meter\"\nwasm = \"{wasm}\"\n")
+    };
+    let path = dir.path().join("site.toml");
+    let good = format!("{BASE}{}", entry("ok", "meter.wasm"));
+    std::fs::write(&path, &good).unwrap();
+    let report = check(&path);
+    assert!(report.is_ok(), "{report}");
+    let shown = report.to_string();
+    assert!(
+        shown.contains(&format!(
+            "plugin ok (meter): {}",
+            dir.path().join("meter.wasm").display()
+        )),
+        "{shown}"
+    );
+
+    let text = format!(
+        "{BASE}{}{}{}{}{}",
+        entry("missing", "gone.wasm"),
+        entry("core", "core.wasm"),
+        entry("notes", "notes.wasm"),
+        entry("folder", "folder.wasm"),
+        entry("ok", "meter.wasm"),
+    );
+    std::fs::write(&path, &text).unwrap();
+    let e = SiteConfig::load(&path).unwrap_err();
+    assert_eq!(e.len(), 4, "{e}");
+    assert_err(
+        &e,
+        "plugin[0].wasm",
+        line_of(&text, "gone.wasm"),
+        "cannot read the component",
+    );
+    assert_err(
+        &e,
+        "plugin[1].wasm",
+        line_of(&text, "core.wasm"),
+        "a core WebAssembly module, not a component",
+    );
+    assert_err(
+        &e,
+        "plugin[1].wasm",
+        line_of(&text, "core.wasm"),
+        "wasm32-wasip2",
+    );
+    assert_err(
+        &e,
+        "plugin[2].wasm",
+        line_of(&text, "notes.wasm"),
+        "is not a WebAssembly component",
+    );
+    assert_err(
+        &e,
+        "plugin[3].wasm",
+        line_of(&text, "folder.wasm"),
+        "cannot read the component",
+    );
+    let shown = check(&path).to_string();
+    assert!(shown.contains("site.toml:"), "{shown}");
+    assert!(shown.ends_with("4 errors"), "{shown}");
+    // Text given to `parse` does not open component files.
+    assert!(SiteConfig::parse(&text, dir.path(), &no_env).is_ok());
+}
+
 // ---------------------------------------------------------------------------------------------
 // [control]
 // ---------------------------------------------------------------------------------------------

@@ -32,6 +32,13 @@ pub enum PluginError {
     /// The plugin's specification is wrong (a bad grant, a zero deadline...).
     #[error("plugin `{plugin}`: invalid configuration: {message}")]
     Config { plugin: String, message: String },
+    /// The component file cannot be read.
+    #[error("plugin `{plugin}`: cannot read the component {path}: {message}")]
+    Read {
+        plugin: String,
+        path: String,
+        message: String,
+    },
     /// The precompiled-artifact cache or the engine failed.
     #[error("plugin host: {0}")]
     Host(String),

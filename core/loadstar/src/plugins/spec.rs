@@ -14,6 +14,15 @@ pub enum World {
     Policy,
 }
 
+impl std::fmt::Display for World {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            World::Meter => "meter",
+            World::Policy => "policy",
+        })
+    }
+}
+
 /// One plugin entry of the site file.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -108,10 +108,18 @@ struct RawStation {
     credentials: Option<(StationCredentials, CredentialSource)>,
 }
 
+/// Whether to open the files plugin entries name (`SiteConfig::load` does, `parse` does not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Files {
+    Check,
+    Skip,
+}
+
 pub(crate) fn build(
     text: &str,
     base_dir: &Path,
     env: &dyn Fn(&str) -> Option<String>,
+    files: Files,
 ) -> Result<SiteConfig, ConfigErrors> {
     let (doc, parse_errors) = DeTable::parse_recoverable(text);
     if !parse_errors.is_empty() {
@@ -144,7 +152,7 @@ pub(crate) fn build(
     let api = read_api(&root, &mut d);
     let logging = read_logging(&root, &mut d);
     let control = read_control(&root, &mut d);
-    let plugins = super::plugins::read_plugins(&root, base_dir, &mut d);
+    let plugins = super::plugins::read_plugins(&root, base_dir, files, &mut d);
     if let (Some(name), Some(plugins)) = (
         control.as_ref().and_then(|c| c.grid_meter.as_deref()),
         plugins.as_ref(),

@@ -7,9 +7,10 @@ use std::path::Path;
 use toml::de::DeValue;
 
 use super::SitePlugin;
+use super::build::Files;
 use super::diag::Diag;
 use super::read::{Table, Value, as_str, sub_table, table_array};
-use crate::plugins::{Grants, Limits, PluginSpec, World};
+use crate::plugins::{Grants, Limits, PluginSpec, WasmKind, World};
 
 const PLUGIN_KEYS: &[&str] = &["name", "world", "wasm", "config", "grants", "limits"];
 const GRANT_KEYS: &[&str] = &["http", "modbus", "kv_max_bytes", "kv_max_keys"];
@@ -25,6 +26,7 @@ const LIMIT_KEYS: &[&str] = &[
 pub(super) fn read_plugins(
     root: &Table<'_, '_>,
     base_dir: &Path,
+    files: Files,
     d: &mut Diag<'_>,
 ) -> Option<Vec<SitePlugin>> {
     let mut out = Vec::new();
@@ -32,7 +34,7 @@ pub(super) fn read_plugins(
     let mut names: HashMap<String, String> = HashMap::new();
     for (i, (table, span)) in table_array(root, "plugin", d).into_iter().enumerate() {
         let t = Table::new(table, Some(span), format!("plugin[{i}]"));
-        match read_plugin(&t, base_dir, d) {
+        match read_plugin(&t, base_dir, files, d) {
             Some(plugin) => {
                 if let Some(first) = names.insert(plugin.spec.name.clone(), t.path.clone()) {
                     d.error(
@@ -53,7 +55,12 @@ pub(super) fn read_plugins(
     ok.then_some(out)
 }
 
-fn read_plugin(t: &Table<'_, '_>, base_dir: &Path, d: &mut Diag<'_>) -> Option<SitePlugin> {
+fn read_plugin(
+    t: &Table<'_, '_>,
+    base_dir: &Path,
+    files: Files,
+    d: &mut Diag<'_>,
+) -> Option<SitePlugin> {
     t.check_keys(PLUGIN_KEYS, d);
     let name = t.req_str("name", "the plugin's unique name", d);
     let world = t
@@ -81,11 +88,18 @@ fn read_plugin(t: &Table<'_, '_>, base_dir: &Path, d: &mut Diag<'_>) -> Option<S
                 None
             } else {
                 let path = Path::new(&p.value);
-                Some(if path.is_absolute() {
+                let path = if path.is_absolute() {
                     path.to_path_buf()
                 } else {
                     base_dir.join(path)
-                })
+                };
+                if files == Files::Check
+                    && let Err(why) = check_component(&path)
+                {
+                    d.error(Some(p.span), t.field("wasm"), why);
+                    return None;
+                }
+                Some(path)
             }
         });
     let config = match t.get("config") {
@@ -114,6 +128,25 @@ fn read_plugin(t: &Table<'_, '_>, base_dir: &Path, d: &mut Diag<'_>) -> Option<S
         return None;
     }
     Some(SitePlugin { spec, wasm: wasm? })
+}
+
+/// Whether `path` is a readable WebAssembly component, from its preamble (compiling it is the
+/// host's job, at load).
+fn check_component(path: &Path) -> Result<(), String> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(8);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(8).read_to_end(&mut head))
+        .map_err(|e| format!("cannot read the component {}: {e}", path.display()))?;
+    match WasmKind::of(&head) {
+        WasmKind::Component => Ok(()),
+        WasmKind::CoreModule => Err(format!(
+            "{} is a core WebAssembly module, not a component: build the plugin with \
+             `cargo build --target wasm32-wasip2`",
+            path.display()
+        )),
+        WasmKind::NotWasm => Err(format!("{} is not a WebAssembly component", path.display())),
+    }
 }
 
 fn read_grants(t: &Table<'_, '_>, d: &mut Diag<'_>) -> Option<Grants> {
