@@ -348,9 +348,10 @@ async fn ocpp16_station_from_the_pypi_library() {
     // The control loop's fallback (TxDefaultProfile, stack level 0) passed the library's
     // schema validation as well.
     assert!(
-        profiles.iter().any(|p| p["profile"]["charging_profile_purpose"]
-            == "TxDefaultProfile"
-            && p["profile"]["stack_level"] == 0),
+        profiles.iter().any(
+            |p| p["profile"]["charging_profile_purpose"] == "TxDefaultProfile"
+                && p["profile"]["stack_level"] == 0
+        ),
         "{profiles:?}"
     );
     let periods = &tx_profile["profile"]["charging_schedule"]["charging_schedule_period"];
@@ -650,18 +651,14 @@ async fn ocpp201_station_from_the_pypi_library() {
     );
     assert_eq!(summary["variables"]["SmartChargingCtrlr.Enabled"], "true");
     let profiles = summary["profiles"].as_array().expect("profiles");
+    assert!(profiles.iter().any(|p| p["profile"]["id"] == 11
+        && p["profile"]["charging_profile_purpose"] == "TxProfile"
+        && p["profile"]["charging_schedule"][0]["charging_schedule_period"][0]["limit"] == 12.0));
     assert!(
-        profiles
-            .iter()
-            .any(|p| p["profile"]["id"] == 11
-                && p["profile"]["charging_profile_purpose"] == "TxProfile"
-                && p["profile"]["charging_schedule"][0]["charging_schedule_period"][0]["limit"]
-                    == 12.0)
-    );
-    assert!(
-        profiles.iter().any(|p| p["profile"]["charging_profile_purpose"]
-            == "TxDefaultProfile"
-            && p["profile"]["stack_level"] == 0),
+        profiles.iter().any(
+            |p| p["profile"]["charging_profile_purpose"] == "TxDefaultProfile"
+                && p["profile"]["stack_level"] == 0
+        ),
         "the control loop's fallback passed the library's validation: {profiles:?}"
     );
     {

@@ -1,39 +1,49 @@
-//! `loadstar demo`: the embedded demo site with one simulated station per configured station,
-//! each on its own OCPP version, over real WebSockets on loopback. It shows what the CSMS sees:
-//! boots, set-up, sessions, per-phase measurements, and what is stored.
+//! `loadstar demo`: the README's main job. An embedded depot car park
+//! (`examples/demo-scenario.toml`): 20 simulated stations of both OCPP versions, some with the
+//! field's quirks, on two feeders behind a 100 A connection, an office building, rooftop PV and
+//! a time-of-use tariff. The real controller runs it:
+//! - by default in real time: the stations dial the CSMS over WebSockets on loopback with their
+//!   passwords, the grid meter is the sims' HomeWizard P1 server read through the
+//!   `http-json-meter` plugin, and the log shows what the loop decides;
+//! - with `fast`, the whole day in virtual time (as `loadstar simulate`), ending with the KPIs.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::Utc;
-use loadstar_ocpp::{OcppVersion, v16, v201};
-use loadstar_sims::client::{
-    ClientConfig, ClientError, StationClient, meter_value_v16, meter_value_v201,
-};
-use tokio::task::JoinSet;
+use loadstar_ocpp::OcppVersion;
+use loadstar_sims::client::ClientConfig;
+use loadstar_sims::drive::{self, DriveConfig};
+use loadstar_sims::scenario::{self, Plan};
+use loadstar_sims::station::{SimClock, tcp_dialer};
 
-use crate::clock::Clock;
-use crate::runtime::{Overrides, Server, StartError};
-use crate::site::{DEMO_SITE, SiteConfig};
+use crate::control::Controller;
+use crate::simulate::{self, Feeder, Layout, SimulateError, SimulateOptions, SimulatedSite};
 use crate::store::{SessionFilter, Store};
+
+/// The embedded demo scenario.
+pub const DEMO_SCENARIO: &str = include_str!("../../../examples/demo-scenario.toml");
 
 /// How the demo runs.
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
+    /// How long the real-time demo runs.
     pub duration: Duration,
-    /// Seconds between meter values of each simulated station.
-    pub meter_every: Duration,
+    /// Run the whole scenario in virtual time instead.
+    pub fast: bool,
     /// Where the store goes; a fresh temporary directory by default.
     pub data_dir: Option<PathBuf>,
+    /// How often a status table is reported.
+    pub status_every: Duration,
 }
 
 impl Default for DemoOptions {
     fn default() -> Self {
         DemoOptions {
-            duration: Duration::from_secs(20),
-            meter_every: Duration::from_secs(2),
+            duration: Duration::from_secs(90),
+            fast: false,
             data_dir: None,
+            status_every: Duration::from_secs(10),
         }
     }
 }
@@ -42,42 +52,51 @@ impl Default for DemoOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
     #[error(transparent)]
-    Start(#[from] StartError),
-    #[error("demo site: {0}")]
-    Site(String),
+    Simulate(#[from] SimulateError),
+    #[error("demo scenario: {0}")]
+    Scenario(String),
 }
 
 /// What the demo saw, for the caller to print or check.
 #[derive(Debug, Clone, Default)]
 pub struct DemoSummary {
+    pub stations: usize,
     pub stations_connected: usize,
     pub sessions_stored: usize,
-    pub sessions_ended: usize,
-    pub energy_wh: f64,
-    pub samples_stored: usize,
-    pub station_errors: Vec<String>,
+    pub energy_kwh: f64,
+    /// The KPI table (Loadstar's row).
+    pub table: String,
+    /// What the dispatcher learned, per station with anything to say.
+    pub quirks: Vec<(String, Vec<String>)>,
+    /// Profiles the stations accepted, in the audit trail.
+    pub profiles_sent: usize,
+    /// Controller-caused excess over the connection limit, A·s (the goal is 0).
+    pub controller_excess_amp_s: f64,
 }
 
-/// The inline passwords of the embedded demo site (public on purpose; demo only).
-fn demo_passwords() -> Result<BTreeMap<String, String>, DemoError> {
-    let table: toml::Table = DEMO_SITE
-        .parse()
-        .map_err(|e: toml::de::Error| DemoError::Site(e.to_string()))?;
-    let mut out = BTreeMap::new();
-    for station in table
-        .get("station")
-        .and_then(|s| s.as_array())
-        .into_iter()
-        .flatten()
-    {
-        if let (Some(id), Some(pw)) = (
-            station.get("id").and_then(|v| v.as_str()),
-            station.get("password").and_then(|v| v.as_str()),
-        ) {
-            out.insert(id.to_owned(), pw.to_owned());
-        }
+/// The demo scenario.
+pub fn plan() -> Result<Plan, DemoError> {
+    scenario::parse("demo-scenario.toml", DEMO_SCENARIO)
+        .map_err(|e| DemoError::Scenario(e.to_string()))
+}
+
+/// The demo's feeders: the A stations on one, the quirky B ones on the other.
+pub fn layout() -> Layout {
+    Layout {
+        feeders: vec![
+            Feeder {
+                id: "feeder-a".into(),
+                limit_a: 63.0,
+                prefixes: vec!["A".into()],
+            },
+            Feeder {
+                id: "feeder-b".into(),
+                limit_a: 50.0,
+                prefixes: vec!["B".into()],
+            },
+        ],
+        passwords: true,
     }
-    Ok(out)
 }
 
 /// Runs the demo; `report` receives progress lines.
@@ -88,266 +107,246 @@ pub async fn run(
     let data_dir = options.data_dir.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("loadstar-demo-{}", std::process::id()))
     });
-    let site = SiteConfig::demo(&data_dir);
-    let passwords = demo_passwords()?;
-    let overrides = Overrides {
-        // An ephemeral port, so the demo never collides with a running site.
-        ocpp_listen: Some(([127, 0, 0, 1], 0).into()),
-        data_dir: Some(data_dir.clone()),
-        ..Overrides::default()
+    let base = plan()?;
+    let summary = if options.fast {
+        run_fast(&base, &data_dir, &mut report).await?
+    } else {
+        run_real_time(&base, &data_dir, &options, &mut report).await?
     };
-    let server = Server::start(site.clone(), &overrides, Clock::real()).await?;
-    let url = format!("ws://{}/ocpp", server.ocpp_addr);
-    report(&format!(
-        "Loadstar demo: site \"{}\" ({} stations, grid {} per line), OCPP at {url}/{{stationId}}, store in {}",
-        site.site().name,
-        site.stations().len(),
-        fmt_amps(site.grid_limit().0),
-        data_dir.display()
-    ));
-
-    let mut stations = JoinSet::new();
-    for (index, station) in site.stations().iter().enumerate() {
-        let config = ClientConfig {
-            url: url.clone(),
-            station_id: station.id.clone(),
-            password: passwords.get(&station.id).cloned(),
-            version: station.ocpp.unwrap_or(OcppVersion::V16),
-            call_timeout: Duration::from_secs(10),
-        };
-        let amps = station.max_current_a.min(16.0);
-        let phases = station.phases;
-        let every = options.meter_every;
-        let until = tokio::time::Instant::now() + options.duration;
-        stations.spawn(async move {
-            // Stagger arrivals so the log reads like a car park filling up.
-            tokio::time::sleep(Duration::from_millis(300 * index as u64)).await;
-            simulate(config, amps, phases, every, until)
-                .await
-                .map_err(|e| e.to_string())
-        });
-    }
-
-    let started = tokio::time::Instant::now();
-    let mut ticker = tokio::time::interval(Duration::from_secs(5));
-    let mut summary = DemoSummary::default();
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {
-                report(&status_table(&server, started.elapsed()));
-            }
-            done = stations.join_next() => match done {
-                Some(Ok(Err(e))) => summary.station_errors.push(e),
-                Some(Err(e)) => summary.station_errors.push(e.to_string()),
-                Some(Ok(Ok(()))) => {}
-                None => break,
-            }
-        }
-    }
-    report(&status_table(&server, started.elapsed()));
-
-    let sessions = server
-        .store
-        .sessions(&SessionFilter::default())
-        .unwrap_or_default();
-    summary.sessions_stored = sessions.len();
-    summary.sessions_ended = sessions.iter().filter(|s| s.ended_at.is_some()).count();
-    summary.energy_wh = sessions.iter().map(|s| s.energy_wh).sum();
-    let now = Utc::now();
-    for station in site.stations() {
-        for evse in 0..=station.evses {
-            summary.samples_stored += server
-                .store
-                .samples(&station.id, evse, now - chrono::Duration::hours(1), now)
-                .map(|s| s.len())
-                .unwrap_or(0);
-        }
-    }
-    summary.stations_connected = {
-        let state = server.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.stations.len()
-    };
-    let _ = server.shutdown();
     if options.data_dir.is_none() {
         let _ = std::fs::remove_dir_all(&data_dir);
     }
     Ok(summary)
 }
 
-fn fmt_amps(a: [f64; 3]) -> String {
-    format!("{:.1}/{:.1}/{:.1} A", a[0], a[1], a[2])
+async fn run_real_time(
+    base: &Plan,
+    data_dir: &std::path::Path,
+    options: &DemoOptions,
+    report: &mut impl FnMut(&str),
+) -> Result<DemoSummary, DemoError> {
+    // The scenario is moved so that its first car arrives in a few seconds; the drive starts
+    // part-way through it. (The building's load, PV and the tariff then follow the time of
+    // day where the demo runs.)
+    let now = Utc::now();
+    let first = base
+        .visits
+        .iter()
+        .map(|v| v.arrive)
+        .min()
+        .unwrap_or(base.start);
+    let plan = base
+        .clone()
+        .shifted(now + chrono::Duration::seconds(5) - first);
+    let sim_options = SimulateOptions {
+        until: Some(now + chrono::Duration::from_std(options.duration).unwrap_or_default()),
+        layout: layout(),
+        real_time: true,
+        ..SimulateOptions::new(data_dir.to_path_buf())
+    };
+    let site = simulate::start(&plan, &sim_options).await?;
+    let url = format!("ws://{}/ocpp", site.server.ocpp_addr);
+    report(&format!(
+        "Loadstar demo: {} stations on 2 feeders behind a {:.0} A connection, OCPP at {url}/{{stationId}}, \
+         grid meter through the http-json-meter plugin, store in {}",
+        plan.stations.len(),
+        plan.site.limit.max_abs(),
+        data_dir.display()
+    ));
+    report(&format!(
+        "Running {} s in real time (`loadstar demo --fast` runs the whole day in virtual time). \
+         The REST API and dashboard arrive with the API issue; until then the decisions are in \
+         this log (RUST_LOG=loadstar::control=debug shows every one).",
+        options.duration.as_secs()
+    ));
+    let dial = move |config: &loadstar_sims::station::StationConfig| {
+        tcp_dialer(ClientConfig {
+            url: url.clone(),
+            station_id: config.id.clone(),
+            password: Some(simulate::demo_password(&config.id)),
+            version: config.version,
+            call_timeout: Duration::from_secs(10),
+        })
+    };
+    let controller = site.server.controller.clone();
+    let status_every = options.status_every;
+    let drive = drive::run(
+        &plan,
+        dial,
+        SimClock::starting_at(now),
+        &site.meter,
+        DriveConfig {
+            control_tick: sim_options.tick,
+            until: sim_options.until,
+            ..DriveConfig::default()
+        },
+    );
+    tokio::pin!(drive);
+    let started = tokio::time::Instant::now();
+    let mut ticker = tokio::time::interval(status_every);
+    ticker.tick().await;
+    let drive_report = loop {
+        tokio::select! {
+            r = &mut drive => break r,
+            _ = ticker.tick() => report(&status(&site, &controller, started.elapsed())),
+        }
+    };
+    report(&status(&site, &controller, started.elapsed()));
+    let table =
+        loadstar_sims::kpi::markdown_table("demo (real time)", [("loadstar", &drive_report.kpis)]);
+    report(&table);
+    Ok(finish(
+        &plan,
+        &site,
+        &controller,
+        table,
+        drive_report.kpis.violations.controller_amp_s,
+    ))
 }
 
-fn status_table(server: &Server, elapsed: Duration) -> String {
-    let state = server.state.lock().unwrap_or_else(|p| p.into_inner());
-    let mut ids: Vec<_> = state.stations.keys().cloned().collect();
-    ids.sort();
+async fn run_fast(
+    plan: &Plan,
+    data_dir: &std::path::Path,
+    report: &mut impl FnMut(&str),
+) -> Result<DemoSummary, DemoError> {
+    report(&format!(
+        "Loadstar demo (fast): {} stations, the {:.0} h scenario day in virtual time, with the baselines…",
+        plan.stations.len(),
+        (plan.end - plan.start).num_minutes() as f64 / 60.0
+    ));
+    let options = SimulateOptions {
+        layout: layout(),
+        ..SimulateOptions::new(data_dir.to_path_buf())
+    };
+    let sim = simulate::run(plan, &options, true).await?;
+    report(&sim.table);
+    let quirks = sim
+        .evses
+        .iter()
+        .filter(|e| e.noncompliant)
+        .map(|e| (e.key.station.clone(), vec!["non-compliant".to_owned()]))
+        .collect();
+    Ok(DemoSummary {
+        stations: plan.stations.len(),
+        stations_connected: plan.stations.len(),
+        sessions_stored: plan.visits.len(),
+        energy_kwh: sim.report.kpis.delivered_kwh,
+        table: sim.table,
+        quirks,
+        profiles_sent: 0,
+        controller_excess_amp_s: sim.report.kpis.violations.controller_amp_s,
+    })
+}
+
+fn finish(
+    plan: &Plan,
+    site: &SimulatedSite,
+    controller: &Controller,
+    table: String,
+    controller_excess_amp_s: f64,
+) -> DemoSummary {
+    let sessions = site
+        .server
+        .store
+        .sessions(&SessionFilter::default())
+        .unwrap_or_default();
+    let quirks = plan
+        .stations
+        .iter()
+        .map(|s| (s.config.id.clone(), controller.station_quirks(&s.config.id)))
+        .filter(|(_, q)| !q.is_empty())
+        .collect();
+    let profiles_sent = plan
+        .stations
+        .iter()
+        .map(|s| {
+            site.server
+                .store
+                .profiles(&s.config.id, usize::MAX)
+                .map(|p| p.iter().filter(|r| r.result == "accepted").count())
+                .unwrap_or(0)
+        })
+        .sum();
+    let stations_connected = {
+        let state = site.server.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.stations.values().filter(|s| s.boot.is_some()).count()
+    };
+    DemoSummary {
+        stations: plan.stations.len(),
+        stations_connected,
+        sessions_stored: sessions.len(),
+        energy_kwh: sessions.iter().map(|s| s.energy_wh).sum::<f64>() / 1000.0,
+        table,
+        quirks,
+        profiles_sent,
+        controller_excess_amp_s,
+    }
+}
+
+/// A status table: per station its version, what the loop gave it and why, what it draws.
+fn status(site: &SimulatedSite, controller: &Controller, elapsed: Duration) -> String {
+    let evses = controller.report();
+    let state = site.server.state.lock().unwrap_or_else(|p| p.into_inner());
     let mut out = format!(
-        "--- t+{:>3} s: {} connected, {} sessions charging\n{:<7} {:<10} {:<10} {:<24} {:>10} {:>22}\n",
+        "--- t+{:>3} s: {} connected, {} charging\n{:<9} {:<9} {:>7} {:>9} {:<34} {}\n",
         elapsed.as_secs(),
         state.connected(),
         state.active_sessions(),
         "station",
         "version",
-        "set-up",
-        "evse: status",
-        "energy Wh",
-        "current L1/L2/L3 A"
+        "given A",
+        "drawn A",
+        "why",
+        "learned"
     );
-    for id in ids {
-        let Some(s) = state.stations.get(&id) else {
+    for e in &evses {
+        let Some(st) = state.stations.get(&e.key.station) else {
             continue;
         };
-        let setup = if s.capabilities.set_up {
-            if s.capabilities.refused.is_empty() {
-                "done".to_owned()
-            } else {
-                format!("{} refused", s.capabilities.refused.len())
-            }
-        } else {
-            "pending".to_owned()
+        let drawn = st
+            .evses
+            .get(&e.key.evse)
+            .map(|x| {
+                x.measurement
+                    .current_a
+                    .iter()
+                    .flatten()
+                    .fold(0.0_f64, |a, b| a.max(b.abs()))
+            })
+            .unwrap_or(0.0);
+        let why = e
+            .decisions
+            .last()
+            .map(|d| match (&d.binding, &d.held) {
+                (_, Some(h)) => format!("held: {h}"),
+                (Some(b), None) => binding_text(b),
+                (None, None) => String::new(),
+            })
+            .unwrap_or_default();
+        let version = match st.version {
+            OcppVersion::V16 => "1.6",
+            OcppVersion::V201 => "2.0.1",
         };
-        for (evse_id, evse) in s.evses.iter().filter(|(id, _)| **id > 0) {
-            let status = evse.connectors.values().next().cloned().unwrap_or_default();
-            let energy = evse
-                .session
-                .as_ref()
-                .map(|x| format!("{:.0}", x.energy_wh))
-                .unwrap_or_else(|| "-".into());
-            let amps = evse.measurement.current_a;
-            let fmt = |a: Option<f64>| a.map_or("-".to_owned(), |a| format!("{a:.1}"));
-            out.push_str(&format!(
-                "{:<7} {:<10} {:<10} {:<24} {:>10} {:>22}\n",
-                id,
-                s.version.subprotocol(),
-                setup,
-                format!("{evse_id}: {status}"),
-                energy,
-                format!("{}/{}/{}", fmt(amps[0]), fmt(amps[1]), fmt(amps[2]))
-            ));
-        }
+        out.push_str(&format!(
+            "{:<9} {:<9} {:>7} {:>9.1} {:<34} {}\n",
+            e.key.station,
+            version,
+            e.accepted_a.map_or("-".to_owned(), |a| format!("{a:.1}")),
+            drawn,
+            why,
+            controller.station_quirks(&e.key.station).join("; ")
+        ));
     }
     out
 }
 
-/// One simulated station: boot, plug in, charge at `amps` on `phases`, unplug.
-async fn simulate(
-    config: ClientConfig,
-    amps: f64,
-    phases: u8,
-    every: Duration,
-    until: tokio::time::Instant,
-) -> Result<(), ClientError> {
-    let mut client = StationClient::connect(&config).await?;
-    let per_phase: [f64; 3] =
-        std::array::from_fn(|i| if i < usize::from(phases) { amps } else { 0.0 });
-    let watts = per_phase.iter().sum::<f64>() * 230.0;
-    let mut energy_wh = 0.0;
-    match config.version {
-        OcppVersion::V16 => {
-            client.boot("Loadstar", "DemoSim").await?;
-            client.status(false, false).await?;
-            let start = client
-                .call(&v16::StartTransactionRequest {
-                    connector_id: 1,
-                    id_tag: "DEMO-TAG".into(),
-                    meter_start: 0,
-                    timestamp: Utc::now(),
-                    ..Default::default()
-                })
-                .await?;
-            client.status(false, true).await?;
-            while tokio::time::Instant::now() + every < until {
-                client.idle(every).await?;
-                energy_wh += watts * every.as_secs_f64() / 3600.0;
-                client
-                    .call(&v16::MeterValuesRequest {
-                        connector_id: 1,
-                        transaction_id: Some(start.transaction_id),
-                        meter_value: vec![meter_value_v16(Utc::now(), energy_wh, per_phase)],
-                    })
-                    .await?;
-            }
-            // The EV unplugs: current falls to zero before the transaction ends.
-            client
-                .call(&v16::MeterValuesRequest {
-                    connector_id: 1,
-                    transaction_id: Some(start.transaction_id),
-                    meter_value: vec![meter_value_v16(Utc::now(), energy_wh, [0.0; 3])],
-                })
-                .await?;
-            client
-                .call(&v16::StopTransactionRequest {
-                    meter_stop: energy_wh as i64,
-                    timestamp: Utc::now(),
-                    transaction_id: start.transaction_id,
-                    reason: Some(v16::Reason::EVDisconnected),
-                    ..Default::default()
-                })
-                .await?;
-            client.status(true, false).await?;
-        }
-        OcppVersion::V201 => {
-            client.boot("Loadstar", "DemoSim").await?;
-            client.status(false, false).await?;
-            let tx = format!("{}-tx-1", config.station_id);
-            let mut seq_no = 0;
-            let event = |kind, seq_no, state, energy_wh: f64, amps: [f64; 3]| {
-                v201::TransactionEventRequest {
-                    event_type: kind,
-                    timestamp: Utc::now(),
-                    trigger_reason: v201::TriggerReasonEnum::MeterValuePeriodic,
-                    seq_no,
-                    transaction_info: v201::Transaction {
-                        transaction_id: tx.clone(),
-                        charging_state: Some(state),
-                        ..Default::default()
-                    },
-                    evse: Some(v201::EVSE {
-                        id: 1,
-                        connector_id: Some(1),
-                        ..Default::default()
-                    }),
-                    meter_value: Some(vec![meter_value_v201(Utc::now(), energy_wh, amps)]),
-                    ..Default::default()
-                }
-            };
-            client
-                .call(&event(
-                    v201::TransactionEventEnum::Started,
-                    seq_no,
-                    v201::ChargingStateEnum::Charging,
-                    0.0,
-                    per_phase,
-                ))
-                .await?;
-            while tokio::time::Instant::now() + every < until {
-                client.idle(every).await?;
-                energy_wh += watts * every.as_secs_f64() / 3600.0;
-                seq_no += 1;
-                client
-                    .call(&event(
-                        v201::TransactionEventEnum::Updated,
-                        seq_no,
-                        v201::ChargingStateEnum::Charging,
-                        energy_wh,
-                        per_phase,
-                    ))
-                    .await?;
-            }
-            client
-                .call(&event(
-                    v201::TransactionEventEnum::Ended,
-                    seq_no + 1,
-                    v201::ChargingStateEnum::Idle,
-                    energy_wh,
-                    [0.0, 0.0, 0.0],
-                ))
-                .await?;
-            client.status(true, false).await?;
-        }
+fn binding_text(b: &loadstar_optimizer::allocate::Binding) -> String {
+    use loadstar_optimizer::allocate::Binding;
+    match b {
+        Binding::Node { node, line, source } => format!("{node} {line:?} full ({source})"),
+        Binding::EvseMax => "at its max".into(),
+        Binding::Plan => "the plan".into(),
+        Binding::Paused(r) => format!("paused ({r:?})"),
+        Binding::Invalid(why) => format!("invalid: {why}"),
     }
-    client.idle(Duration::from_millis(200)).await?;
-    client.close().await;
-    Ok(())
 }

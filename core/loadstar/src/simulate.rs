@@ -48,6 +48,46 @@ pub struct SimulateOptions {
     pub until: Option<DateTime<Utc>>,
     /// The control loop's period (the scenario's KPIs allow one tick of reaction lag).
     pub tick: Duration,
+    /// Feeders and credentials of the generated site file.
+    pub layout: Layout,
+    /// Run on the real clock (the demo; the plan must start now) instead of virtual time.
+    pub real_time: bool,
+}
+
+impl SimulateOptions {
+    /// Virtual time, a 1-s tick, every station on the grid node.
+    pub fn new(data_dir: PathBuf) -> Self {
+        SimulateOptions {
+            data_dir,
+            until: None,
+            tick: Duration::from_secs(1),
+            layout: Layout::default(),
+            real_time: false,
+        }
+    }
+}
+
+/// Where the generated site file puts the stations, and whether they need passwords.
+#[derive(Debug, Clone, Default)]
+pub struct Layout {
+    /// Circuits under the grid node; a station whose id starts with one of a feeder's
+    /// prefixes hangs on it.
+    pub feeders: Vec<Feeder>,
+    /// Give every station the password [`demo_password`] (security profile 1).
+    pub passwords: bool,
+}
+
+/// One circuit of a [`Layout`].
+#[derive(Debug, Clone)]
+pub struct Feeder {
+    pub id: String,
+    pub limit_a: f64,
+    pub prefixes: Vec<String>,
+}
+
+/// The password of a simulated station in a [`Layout`] with passwords (public: demo only).
+pub fn demo_password(station: &str) -> String {
+    format!("demo-password-{station}")
 }
 
 /// Why a simulation could not run.
@@ -119,7 +159,7 @@ fn physical_limit(plan: &Plan) -> PerLine {
 }
 
 /// The site file for `plan`, with the grid meter plugin at `meter_base` (`http://host:port`).
-pub fn site_toml(plan: &Plan, meter_base: &str, tick: Duration) -> String {
+pub fn site_toml(plan: &Plan, meter_base: &str, tick: Duration, layout: &Layout) -> String {
     let grid = plan.site.model.grid();
     let grid_type = match grid {
         GridType::Wye => "wye",
@@ -140,8 +180,17 @@ pub fn site_toml(plan: &Plan, meter_base: &str, tick: Duration) -> String {
     );
     let _ = writeln!(
         out,
-        "[csms]\nlisten = \"127.0.0.1:0\"\nrequire_auth = false\nmeter_interval_s = 10\n"
+        "[csms]\nlisten = \"127.0.0.1:0\"\nrequire_auth = {}\nmeter_interval_s = 10\n",
+        layout.passwords
     );
+    for f in &layout.feeders {
+        let _ = writeln!(
+            out,
+            "[[circuit]]\nid = \"{}\"\nlimit_a = {}\n",
+            f.id.escape_default(),
+            f.limit_a
+        );
+    }
     let _ = writeln!(
         out,
         "[api]\nlisten = \"127.0.0.1:0\"\n\n[store]\ndata_dir = \"store\"\n"
@@ -168,9 +217,19 @@ pub fn site_toml(plan: &Plan, meter_base: &str, tick: Duration) -> String {
             OcppVersion::V16 => "1.6",
             OcppVersion::V201 => "2.0.1",
         };
+        let circuit = layout
+            .feeders
+            .iter()
+            .find(|f| f.prefixes.iter().any(|p| c.id.starts_with(p.as_str())))
+            .map_or(GRID_ID, |f| f.id.as_str());
+        if layout.passwords {
+            let _ = writeln!(out, "[[station]]\npassword = \"{}\"", demo_password(&c.id));
+        } else {
+            let _ = writeln!(out, "[[station]]");
+        }
         let _ = writeln!(
             out,
-            "[[station]]\nid = \"{}\"\ncircuit = \"{GRID_ID}\"\nphases = {}\nmax_current_a = {}\n\
+            "id = \"{}\"\ncircuit = \"{circuit}\"\nphases = {}\nmax_current_a = {}\n\
              wiring = {}\nevses = {}\nocpp = \"{version}\"\n",
             c.id.escape_default(),
             wiring.phase_count(),
@@ -256,7 +315,12 @@ pub async fn start(plan: &Plan, options: &SimulateOptions) -> Result<SimulatedSi
                 what: "starting the simulated grid meter".into(),
                 source,
             })?;
-    let text = site_toml(plan, &format!("http://{}", meter_server.addr), options.tick);
+    let text = site_toml(
+        plan,
+        &format!("http://{}", meter_server.addr),
+        options.tick,
+        &options.layout,
+    );
     let site_file = options.data_dir.join("site.toml");
     std::fs::write(&site_file, &text).map_err(|source| SimulateError::Io {
         what: format!("writing {}", site_file.display()),
@@ -264,7 +328,11 @@ pub async fn start(plan: &Plan, options: &SimulateOptions) -> Result<SimulatedSi
     })?;
     let site = SiteConfig::parse(&text, &options.data_dir, &|_| None)
         .map_err(|e| SimulateError::Site(e.to_string()))?;
-    let clock = Clock::virtual_from(plan.start);
+    let clock = if options.real_time {
+        Clock::real()
+    } else {
+        Clock::virtual_from(plan.start)
+    };
     let server = Server::start(site, &Overrides::default(), clock.clone()).await?;
     schedule_limits(plan, &server.controller, &clock);
     Ok(SimulatedSite {

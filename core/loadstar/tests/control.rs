@@ -87,9 +87,8 @@ where
     logs();
     let dir = tempfile::tempdir().expect("temp dir");
     let options = SimulateOptions {
-        data_dir: dir.path().to_path_buf(),
         until,
-        tick: Duration::from_secs(1),
+        ..SimulateOptions::new(dir.path().to_path_buf())
     };
     let site = simulate::start(plan, &options)
         .await
@@ -288,11 +287,7 @@ async fn a_silent_grid_meter_means_the_worst_case_and_no_excess() {
     let groups = group("M16", 4, "1.6", "");
     let plan = scenario("meterless", 40.0, 2, "", &groups);
     let dir = tempfile::tempdir().expect("temp dir");
-    let options = SimulateOptions {
-        data_dir: dir.path().to_path_buf(),
-        until: None,
-        tick: Duration::from_secs(1),
-    };
+    let options = SimulateOptions::new(dir.path().to_path_buf());
     let mut site = simulate::start(&plan, &options).await.expect("starts");
     // The meter's HTTP server dies at 01:00: the plugin's reads fail from then on.
     let server = site.take_meter_server();
@@ -369,4 +364,60 @@ async fn a_reload_that_lowers_a_limit_applies_within_a_tick() {
         worst_before > 40.0,
         "the cars used more than 30 A before: {worst_before} A"
     );
+}
+
+#[test]
+fn the_demo_site_has_two_feeders_and_every_station_with_a_password() {
+    let plan = loadstar::demo::plan().expect("the demo scenario parses");
+    assert_eq!(plan.stations.len(), 20);
+    let text = simulate::site_toml(
+        &plan,
+        "http://127.0.0.1:9",
+        Duration::from_secs(1),
+        &loadstar::demo::layout(),
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("http_json_meter.wasm"), b"").expect("write");
+    let site = SiteConfig::parse(&text, dir.path(), &|_| None).expect("a valid site file");
+    assert_eq!(site.circuits().len(), 2);
+    assert_eq!(site.stations().len(), 20);
+    for s in site.stations() {
+        let feeder = if s.id.starts_with('A') {
+            "feeder-a"
+        } else {
+            "feeder-b"
+        };
+        assert_eq!(s.circuit, feeder, "{}", s.id);
+        let credentials = s.credentials.as_ref().expect("a password");
+        assert!(credentials.verify(&simulate::demo_password(&s.id)));
+    }
+    assert_eq!(
+        site.control().grid_meter.as_deref(),
+        Some(simulate::GRID_METER)
+    );
+}
+
+/// The README's main job, shortened: real time, real sockets on loopback, passwords.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_runs_in_real_time_on_loopback() {
+    logs();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let summary = loadstar::demo::run(
+        loadstar::demo::DemoOptions {
+            duration: Duration::from_secs(20),
+            data_dir: Some(dir.path().to_path_buf()),
+            ..Default::default()
+        },
+        |_| {},
+    )
+    .await
+    .expect("the demo runs");
+    assert_eq!(summary.stations_connected, 20, "{summary:?}");
+    // Cars arrive over the scenario's first minute; some within these 20 s.
+    assert!(summary.sessions_stored >= 1, "{summary:?}");
+    assert!(
+        summary.profiles_sent >= 20,
+        "fallbacks and limits accepted: {summary:?}"
+    );
+    assert_eq!(summary.controller_excess_amp_s, 0.0, "{summary:?}");
 }
