@@ -25,6 +25,7 @@
 
 pub mod failsafe;
 pub mod meter;
+pub mod planner;
 pub mod profile;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -84,6 +85,8 @@ pub struct ControlConfig {
     pub meter_timeout: Duration,
     pub noncompliance_tolerance_a: f64,
     pub fallback_rotation: Duration,
+    /// How often the horizon plan is made again when nothing changed.
+    pub plan_interval: Duration,
     /// A station measurement older than this is stale.
     pub stale_after: Duration,
     /// Whether a grid meter is configured (without one, the worst case is the uncontrolled
@@ -104,10 +107,23 @@ impl ControlConfig {
             meter_timeout: Duration::from_secs(c.meter_timeout_s),
             noncompliance_tolerance_a: c.noncompliance_tolerance_a,
             fallback_rotation: Duration::from_secs(c.fallback_rotation_s),
+            plan_interval: Duration::from_secs(c.plan_interval_s),
             stale_after: site.csms().meter_interval() * 3,
             has_grid_meter: c.grid_meter.is_some(),
         }
     }
+}
+
+/// Ticks whose cost is kept for [`Controller::stats`].
+const TICK_COSTS_KEPT: usize = 4096;
+
+/// What the loop measured about itself (for benchmarks and `/metrics` later).
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    /// Wall-clock cost of the latest ticks (gather, allocate, dispatch; not the answers).
+    pub tick_costs: VecDeque<Duration>,
+    /// When a station last accepted a dynamic profile (wall clock).
+    pub last_accepted: Option<std::time::Instant>,
 }
 
 /// One EVSE of the site: station id and EVSE (1.6 connector) id.
@@ -435,7 +451,19 @@ struct Inner {
     fallback_rotation: Mutex<(usize, Option<DateTime<Utc>>)>,
     failsafe_at: Mutex<Option<DateTime<Utc>>>,
     rotation_saved: Mutex<Option<DateTime<Utc>>>,
+    stats: Mutex<Stats>,
+    plan: Mutex<PlanState>,
     ticks: std::sync::atomic::AtomicU64,
+}
+
+/// The newest finished horizon plan, and whether one is being made.
+#[derive(Default)]
+struct PlanState {
+    made: Option<Arc<planner::MadePlan>>,
+    running: bool,
+    /// When the last attempt started (a failed plan is not retried before the interval).
+    tried_at: Option<DateTime<Utc>>,
+    tried_signature: String,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -461,6 +489,7 @@ struct EvseView {
 
 struct SessionView {
     transaction: String,
+    id_tag: Option<String>,
     started_at: DateTime<Utc>,
     energy_wh: f64,
     needs: ChargingNeeds,
@@ -531,6 +560,8 @@ impl Controller {
                 fallback_rotation: Mutex::new((0, None)),
                 failsafe_at: Mutex::new(None),
                 rotation_saved: Mutex::new(None),
+                stats: Mutex::new(Stats::default()),
+                plan: Mutex::new(PlanState::default()),
                 ticks: std::sync::atomic::AtomicU64::new(0),
             }),
         };
@@ -570,6 +601,11 @@ impl Controller {
     /// Asks for a tick as soon as possible (an event happened).
     pub fn wake(&self) {
         self.inner.wake.notify_one();
+    }
+
+    /// What the loop measured about itself.
+    pub fn stats(&self) -> Stats {
+        lock(&self.inner.stats).clone()
     }
 
     /// Ticks run so far.
@@ -754,6 +790,18 @@ impl Inner {
     }
 
     fn tick(self: &Arc<Self>) {
+        // CPU cost, not domain time: the wall clock is right here even under virtual time.
+        let started = std::time::Instant::now();
+        self.run_tick();
+        let spent = started.elapsed();
+        let mut stats = lock(&self.stats);
+        if stats.tick_costs.len() >= TICK_COSTS_KEPT {
+            stats.tick_costs.pop_front();
+        }
+        stats.tick_costs.push_back(spent);
+    }
+
+    fn run_tick(self: &Arc<Self>) {
         self.ticks
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let now = self.clock.now();
@@ -919,6 +967,10 @@ impl Inner {
         // The problem.
         let now_s = now.timestamp();
         let mut nodes: Vec<Node> = Vec::with_capacity(node_ids.len());
+        let announce_lead_s =
+            (ramp + CONFIRM_TIMEOUT).num_seconds() + (config.tick.as_secs() as i64).max(1);
+        let mut node_limits: Vec<(PerLine, Vec<LimitConstraint>)> =
+            Vec::with_capacity(node_ids.len());
         for (i, id) in node_ids.iter().enumerate() {
             let physical = site.node_limit(id).unwrap_or(PerLine::ZERO);
             let constraints: Vec<LimitConstraint> = limits
@@ -931,7 +983,16 @@ impl Inner {
                     until_s: l.until.timestamp(),
                 })
                 .collect();
-            let (limit, limit_source) = effective_limit(physical, &constraints, now_s);
+            let (mut limit, limit_source) = effective_limit(physical, &constraints, now_s);
+            // An announced drop is met before it starts: by then every station has had time
+            // to answer and ramp down.
+            limit = limit.min(planner::lowest_limit(
+                physical,
+                &constraints,
+                now_s,
+                now_s + announce_lead_s,
+            ));
+            node_limits.push((physical, constraints));
             let parent = if i == 0 {
                 None
             } else {
@@ -952,6 +1013,7 @@ impl Inner {
         let mut problem_evses: Vec<Evse> = Vec::new();
         let mut problem_keys: Vec<usize> = Vec::new();
         let mut held: Vec<(usize, f64, &'static str)> = Vec::new();
+        let mut planned: Vec<planner::Planned> = Vec::new();
         let mut in_transition = 0usize;
         for (i, e) in evses.iter().enumerate() {
             let s = &stations[e.station];
@@ -976,7 +1038,7 @@ impl Inner {
             } else {
                 l.doubt(now, ramp, station_max)
             };
-            if let Some(lines) = e.measured_lines {
+            {
                 // What the meter saw this EV draw is not uncontrolled load. A compliant EV
                 // never draws more than it may, so at most that is subtracted: a stale high
                 // reading cannot hide load.
@@ -986,7 +1048,33 @@ impl Inner {
                     (Doubt::Transition { at_most, .. }, None) => at_most,
                     (Doubt::Settled, None) => l.accepted.unwrap_or(station_max),
                 };
-                measured_controlled += lines.map(|a| a.min(cap));
+                let lines = e.measured_lines.unwrap_or(PerLine::ZERO);
+                let mut counted = lines.map(|a| a.min(cap));
+                // After an increase the station's reading lags the grid meter by up to its
+                // meter interval: the meter already sees the EV's new draw, its own reading
+                // not yet, and the difference would look like building load (and pause
+                // everyone until it passed). On the lines it was seen drawing on (or the
+                // phases learned), it is counted at what it was given until a reading taken
+                // after the ramp arrives. Only when the grid reading itself is newer than the
+                // ramp: otherwise it does not hold the increase either, and counting it would
+                // hide building load.
+                if let (Doubt::Settled, Some(accepted), Some(before), Some(changed), Some(g)) =
+                    (doubt, l.accepted, l.before, l.changed_at, grid_fresh)
+                    && accepted > before
+                    && g.at >= changed + ramp
+                    && e.measured.is_none_or(|(at, _, _)| at < changed + ramp)
+                {
+                    // The window of recent estimates (below) still holds the building load
+                    // from before the change, until the station's next reading.
+                    let seen = lines.map(|a| if a > 0.5 { 1.0 } else { 0.0 });
+                    let coefficients = if seen.sum() > 0.0 {
+                        seen
+                    } else {
+                        circuit.line_coefficients(l.ev_phases)
+                    };
+                    counted = counted.max(coefficients * accepted);
+                }
+                measured_controlled += counted;
             }
             let fixed = match doubt {
                 Doubt::Held(amps, why) => {
@@ -1025,6 +1113,25 @@ impl Inner {
                 Some(to) => (to, to),
                 None => (min_a, max_a),
             };
+            if fixed.is_none() {
+                let needs = planner::effective_needs(
+                    needs,
+                    session.id_tag.as_deref(),
+                    session.started_at,
+                    &site.control().fleet,
+                    site.timezone(),
+                );
+                if let (Some(departure), Some(energy)) = (needs.departure, needs.energy_wh)
+                    && departure > now
+                    && energy - session.energy_wh > 1.0
+                {
+                    planned.push(planner::Planned {
+                        index: problem_evses.len(),
+                        departure_s: departure.timestamp(),
+                        remaining_wh: energy - session.energy_wh,
+                    });
+                }
+            }
             problem_evses.push(Evse {
                 id: e.key.label(),
                 node: s.node,
@@ -1064,6 +1171,21 @@ impl Inner {
                     PerLine::ZERO
                 };
         }
+        let node_limits: Vec<planner::NodeLimits<'_>> = node_limits
+            .iter()
+            .map(|(physical, constraints)| planner::NodeLimits {
+                physical: *physical,
+                constraints,
+            })
+            .collect();
+        self.follow_plan(
+            &config,
+            &nodes,
+            &node_limits,
+            &mut problem_evses,
+            &planned,
+            now,
+        );
         let mut problem = Problem::new(nodes, problem_evses, now_s);
         problem.rotation = lock(&self.rotation).clone();
         let mut allocation = match allocate::allocate(&problem) {
@@ -1357,6 +1479,91 @@ impl Inner {
         }
     }
 
+    /// Plans again when the planned sessions, their needs or the limits changed, or the
+    /// interval passed; then caps every planned EVSE at its target and serves it first.
+    fn follow_plan(
+        self: &Arc<Self>,
+        config: &ControlConfig,
+        nodes: &[Node],
+        limits: &[planner::NodeLimits<'_>],
+        evses: &mut [Evse],
+        planned: &[planner::Planned],
+        now: DateTime<Utc>,
+    ) {
+        let now_s = now.timestamp();
+        let signature = planner::signature(evses, planned, limits);
+        let interval = TimeDelta::from_std(config.plan_interval).unwrap_or(TimeDelta::minutes(5));
+        let start = {
+            let mut state = lock(&self.plan);
+            let fresh = state.made.as_ref().is_some_and(|m| {
+                m.signature == signature && now < m.made_at + interval && now >= m.made_at
+            });
+            let tried = state.tried_signature == signature
+                && state
+                    .tried_at
+                    .is_some_and(|at| now < at + interval && now >= at);
+            let due = !planned.is_empty() && !fresh && !tried && !state.running;
+            if due {
+                state.running = true;
+                state.tried_at = Some(now);
+                state.tried_signature = signature.clone();
+            }
+            if planned.is_empty() {
+                state.made = None;
+            }
+            due
+        };
+        if start
+            && let Some((slots, problem)) = planner::problem(now_s, nodes, limits, evses, planned)
+        {
+            let inner = Arc::clone(self);
+            let run = move || {
+                let started = std::time::Instant::now();
+                let plan = loadstar_optimizer::plan::plan(&problem);
+                let usable = plan.status == loadstar_optimizer::plan::PlanStatus::Optimal;
+                if usable {
+                    debug!(
+                        evs = problem.evs.len(),
+                        slots = slots.len(),
+                        took_ms = started.elapsed().as_millis() as u64,
+                        energy_kwh = plan.energy_wh / 1000.0,
+                        "plan made"
+                    );
+                } else {
+                    warn!(evs = problem.evs.len(), status = ?plan.status, "plan failed: allocate() alone until the next one");
+                }
+                let mut state = lock(&inner.plan);
+                state.running = false;
+                state.made = usable.then(|| {
+                    Arc::new(planner::MadePlan {
+                        slots,
+                        plan,
+                        signature,
+                        made_at: now,
+                    })
+                });
+            };
+            if self.clock.is_virtual() || tokio::runtime::Handle::try_current().is_err() {
+                run();
+            } else {
+                drop(tokio::task::spawn_blocking(run));
+            }
+        } else if start {
+            lock(&self.plan).running = false;
+        }
+        let Some(made) = lock(&self.plan).made.clone() else {
+            return;
+        };
+        for p in planned {
+            let e = &mut evses[p.index];
+            if let Some(target) = made.target_a(&e.id, p.departure_s, now_s) {
+                e.plan_a = Some(target.max(0.0));
+                e.priority = planner::PLANNED_PRIORITY;
+                e.weight = planner::PLANNED_WEIGHT;
+            }
+        }
+    }
+
     /// Copies what the tick needs out of the site state.
     fn gather<'a>(
         &self,
@@ -1407,6 +1614,7 @@ impl Inner {
                 let e = st.and_then(|s| s.evses.get(&evse));
                 let session = e.and_then(|e| e.session.as_ref()).map(|s| SessionView {
                     transaction: s.transaction_id.clone(),
+                    id_tag: s.id_tag.clone(),
                     started_at: s.started_at,
                     energy_wh: s.energy_wh,
                     needs: s.needs.clone(),
@@ -1687,6 +1895,7 @@ impl Inner {
         }
         match (send.what, result) {
             (SendWhat::Dynamic { evses, .. }, Ok(true)) => {
+                lock(&self.stats).last_accepted = Some(std::time::Instant::now());
                 for (evse, l) in link.evses.iter_mut() {
                     if evses != 0 && *evse != evses {
                         continue;

@@ -334,6 +334,22 @@ pub struct ControlSettings {
     pub noncompliance_tolerance_a: f64,
     /// How often the fallback profiles rotate who keeps the minimum, s.
     pub fallback_rotation_s: u64,
+    /// How often the horizon plan is made again even when nothing changed, s.
+    pub plan_interval_s: u64,
+    /// `[[control.fleet]]`: what known vehicles need, by id tag (for stations and EVs that do
+    /// not say it themselves).
+    pub fleet: Vec<FleetNeeds>,
+}
+
+/// One `[[control.fleet]]` entry: the charging needs of the vehicles that authorize with one of
+/// `id_tags`, for plan(). A 2.0.1 NotifyEVChargingNeeds or the operator's word overrides it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetNeeds {
+    pub id_tags: Vec<String>,
+    /// Local time of day (site time zone) the vehicle leaves; the next one after plug-in.
+    pub departure: chrono::NaiveTime,
+    /// Energy it needs per visit, Wh.
+    pub energy_wh: f64,
 }
 
 impl Default for ControlSettings {
@@ -349,6 +365,8 @@ impl Default for ControlSettings {
             meter_timeout_s: 10,
             noncompliance_tolerance_a: 2.0,
             fallback_rotation_s: 900,
+            plan_interval_s: 300,
+            fleet: Vec::new(),
         }
     }
 }

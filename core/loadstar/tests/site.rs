@@ -1633,6 +1633,44 @@ fn control_defaults_and_settings() {
 }
 
 #[test]
+fn control_fleet_needs() {
+    assert!(ok(BASE).control().fleet.is_empty());
+    assert_eq!(ok(BASE).control().plan_interval_s, 300);
+    let text = format!(
+        "{BASE}\n[control]\nplan_interval_s = 120\n\n[[control.fleet]]\nid_tags = [\"BUS-01\", \"BUS-02\"]\ndeparture = \"05:30\"\nenergy_kwh = 180\n"
+    );
+    let c = ok(&text);
+    let d = c.control();
+    assert_eq!(d.plan_interval_s, 120);
+    assert_eq!(d.fleet.len(), 1);
+    assert_eq!(d.fleet[0].id_tags, vec!["BUS-01", "BUS-02"]);
+    assert_eq!(
+        d.fleet[0].departure,
+        chrono::NaiveTime::from_hms_opt(5, 30, 0).expect("time")
+    );
+    assert_eq!(d.fleet[0].energy_wh, 180_000.0);
+
+    let text = format!(
+        "{BASE}\n[[control.fleet]]\nid_tags = [\"A\"]\ndeparture = \"25:00\"\nenergy_kwh = 0\n\n[[control.fleet]]\nid_tags = [\"A\"]\ndeparture = \"06:00\"\nenergy_kwh = 10\nseats = 3\n"
+    );
+    let e = errs(&text);
+    assert_err(
+        &e,
+        "control.fleet[0].departure",
+        line_of(&text, "25:00"),
+        "HH:MM",
+    );
+    assert_err(
+        &e,
+        "control.fleet[0].energy_kwh",
+        line_of(&text, "energy_kwh = 0"),
+        "above 0",
+    );
+    assert!(e.to_string().contains("already in control.fleet[0]"), "{e}");
+    assert!(e.to_string().contains("seats"), "{e}");
+}
+
+#[test]
 fn control_errors_name_their_line_and_field() {
     let text = format!("{BASE}\n[control]\ntick_ms = 5\nhysteresis_a = -1\nfallback = 3\n");
     let e = errs(&text);

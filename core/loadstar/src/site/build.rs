@@ -14,7 +14,7 @@ use super::diag::{ConfigError, ConfigErrors, Diag, LineIndex, suggest};
 use super::read::{Located, Table, as_num, sub_table, table_array};
 use super::{
     ApiSettings, AuthorizationMode, AuthorizationSettings, CircuitConfig, ControlSettings,
-    CredentialSource, CsmsSettings, GRID_ID, GridSettings, LogFormat, LoggingSettings,
+    CredentialSource, CsmsSettings, FleetNeeds, GRID_ID, GridSettings, LogFormat, LoggingSettings,
     MAX_STATION_CURRENT_A, MAX_STATION_ID_CHARS, PASSWORD_CHARS, SiteConfig, SiteInfo,
     StationConfig, StationCredentials, StoreSettings, fmt_num,
 };
@@ -76,7 +76,10 @@ const CONTROL_KEYS: &[&str] = &[
     "meter_timeout_s",
     "noncompliance_tolerance_a",
     "fallback_rotation_s",
+    "plan_interval_s",
+    "fleet",
 ];
+const FLEET_KEYS: &[&str] = &["id_tags", "departure", "energy_kwh"];
 
 /// Longest id tag accepted (OCPP 2.0.1 IdToken); 1.6 stations send at most 20.
 const MAX_ID_TAG_CHARS: usize = 36;
@@ -1429,6 +1432,8 @@ fn read_control(root: &Table<'_, '_>, d: &mut Diag<'_>) -> Option<ControlSetting
     let meter_timeout = int_setting(&t, "meter_timeout_s", 1, 3_600, 10, d);
     let tolerance = num_setting(&t, "noncompliance_tolerance_a", 0.5, 32.0, 2.0, d);
     let rotation = int_setting(&t, "fallback_rotation_s", 60, 86_400, 900, d);
+    let plan_interval = int_setting(&t, "plan_interval_s", 30, 86_400, 300, d);
+    let fleet = read_fleet(&t, d);
     Some(ControlSettings {
         tick_ms: tick? as u64,
         ramp_s: ramp? as u64,
@@ -1440,7 +1445,98 @@ fn read_control(root: &Table<'_, '_>, d: &mut Diag<'_>) -> Option<ControlSetting
         meter_timeout_s: meter_timeout? as u64,
         noncompliance_tolerance_a: tolerance?,
         fallback_rotation_s: rotation? as u64,
+        plan_interval_s: plan_interval? as u64,
+        fleet: fleet?,
     })
+}
+
+fn read_fleet(control: &Table<'_, '_>, d: &mut Diag<'_>) -> Option<Vec<FleetNeeds>> {
+    let mut out = Vec::new();
+    let mut ok = true;
+    let mut seen: HashMap<String, String> = HashMap::new();
+    for (i, (table, span)) in table_array(control, "fleet", d).into_iter().enumerate() {
+        let t = Table::new(table, Some(span), format!("control.fleet[{i}]"));
+        t.check_keys(FLEET_KEYS, d);
+        let tags = match t.str_array("id_tags", d) {
+            Some(tags) if tags.value.is_empty() => {
+                d.error(
+                    Some(tags.span),
+                    t.field("id_tags"),
+                    "must name at least one id tag",
+                );
+                None
+            }
+            Some(tags) => {
+                let mut list = Vec::new();
+                for tag in tags.value {
+                    if let Some(first) = seen.insert(tag.value.clone(), t.path.clone()) {
+                        d.error(
+                            Some(tag.span.clone()),
+                            t.field("id_tags"),
+                            format!(
+                                "id tag \"{}\" is already in {first}",
+                                tag.value.escape_debug()
+                            ),
+                        );
+                        ok = false;
+                    }
+                    list.push(tag.value);
+                }
+                Some(list)
+            }
+            None => {
+                if !t.has("id_tags") {
+                    t.missing("id_tags", "the id tags of these vehicles", d);
+                }
+                None
+            }
+        };
+        let departure = t
+            .req_str(
+                "departure",
+                "the local time of day they leave, \"HH:MM\"",
+                d,
+            )
+            .and_then(
+                |v| match chrono::NaiveTime::parse_from_str(v.value.trim(), "%H:%M") {
+                    Ok(at) => Some(at),
+                    Err(_) => {
+                        d.error(
+                            Some(v.span),
+                            t.field("departure"),
+                            format!(
+                                "\"{}\" is not a time of day: write \"HH:MM\"",
+                                v.value.escape_debug()
+                            ),
+                        );
+                        None
+                    }
+                },
+            );
+        let energy = t
+            .req_num("energy_kwh", "the energy each needs per visit, kWh", d)
+            .and_then(|v| {
+                if v.value.is_finite() && v.value > 0.0 && v.value <= 10_000.0 {
+                    Some(v.value * 1000.0)
+                } else {
+                    d.error(
+                        Some(v.span),
+                        t.field("energy_kwh"),
+                        "must be above 0 and at most 10000",
+                    );
+                    None
+                }
+            });
+        match (tags, departure, energy) {
+            (Some(id_tags), Some(departure), Some(energy_wh)) => out.push(FleetNeeds {
+                id_tags,
+                departure,
+                energy_wh,
+            }),
+            _ => ok = false,
+        }
+    }
+    ok.then_some(out)
 }
 
 fn read_logging(root: &Table<'_, '_>, d: &mut Diag<'_>) -> Option<LoggingSettings> {
