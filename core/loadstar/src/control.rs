@@ -1370,11 +1370,15 @@ impl Inner {
                 continue;
             };
             let session = e.session.as_ref();
+            // A pause outlives every charging profile: when Loadstar is gone, the charging
+            // EVSEs fall back (down to their fallback share) before a paused one wakes on its
+            // share, so the site never carries a woken share beside the old dynamic values.
+            let valid_for = if amps <= 0.0 { validity * 2 } else { validity };
             let timing = timing(
                 s.skew_s,
                 absolute_only,
                 now,
-                validity,
+                valid_for,
                 session.map(|s| s.started_at),
             );
             if purpose == Purpose::StationMax {

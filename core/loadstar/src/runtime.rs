@@ -120,6 +120,18 @@ impl Server {
         overrides: &Overrides,
         clock: Clock,
     ) -> Result<Server, StartError> {
+        Self::start_on(site, overrides, clock, None).await
+    }
+
+    /// [`Server::start`] on a store that is already open (a controller restarted in the same
+    /// process, as `simulate` does: sled allows one handle per database). Everything else
+    /// starts from what the store holds, as after a real restart.
+    pub async fn start_on(
+        site: SiteConfig,
+        overrides: &Overrides,
+        clock: Clock,
+        open_store: Option<Arc<SledStore>>,
+    ) -> Result<Server, StartError> {
         let site = Arc::new(site);
         let data_dir = overrides
             .data_dir
@@ -130,12 +142,15 @@ impl Server {
             source,
         })?;
         let store_dir = data_dir.join("store");
-        let store = Arc::new(
-            SledStore::open(&store_dir).map_err(|source| StartError::Store {
-                dir: store_dir.clone(),
-                source,
-            })?,
-        );
+        let store = match open_store {
+            Some(store) => store,
+            None => Arc::new(
+                SledStore::open(&store_dir).map_err(|source| StartError::Store {
+                    dir: store_dir.clone(),
+                    source,
+                })?,
+            ),
+        };
         let open = store.open_sessions().map_err(|source| StartError::Store {
             dir: store_dir.clone(),
             source,
@@ -240,6 +255,16 @@ impl Server {
             data_dir,
             tasks,
         })
+    }
+
+    /// Stops like a crash of the process would (every task aborted, nothing said to the
+    /// stations; connections served elsewhere must be dropped by their owner), after making
+    /// every write durable. The store stays open for [`Server::start_on`].
+    pub fn halt(&self) -> Result<(), StoreError> {
+        for task in &self.tasks {
+            task.abort();
+        }
+        self.store.flush()
     }
 
     /// Stops serving and makes every write durable.

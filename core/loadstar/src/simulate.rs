@@ -12,6 +12,7 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -289,9 +290,47 @@ fn schedule_limits(plan: &Plan, controller: &Controller, clock: &Clock) {
 /// A running simulated site: the controller and its CSMS, and the meter the plugin reads.
 pub struct SimulatedSite {
     pub server: Server,
-    pub meter: watch::Sender<MeterReading>,
+    /// What the sims' site publishes for the simulated grid meter (shared, so a drive can
+    /// hold it while the site restarts).
+    pub meter: Arc<watch::Sender<MeterReading>>,
     /// Keeps the meter's HTTP server alive.
     meter_server: Option<loadstar_sims::meter::Served>,
+    switchboard: Switchboard,
+    site: SiteConfig,
+    plan: Plan,
+    clock: Clock,
+}
+
+/// Where the sims' stations dial: the CSMS of the controller that runs now, or none while it
+/// is stopped (a dial then fails, as a refused TCP connection would).
+#[derive(Clone, Default)]
+struct Switchboard {
+    inner: Arc<std::sync::Mutex<SwitchboardState>>,
+}
+
+#[derive(Default)]
+struct SwitchboardState {
+    csms: Option<crate::csms::Csms>,
+    connections: Vec<tokio::task::AbortHandle>,
+}
+
+impl Switchboard {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SwitchboardState> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every connection drops and new dials fail until [`Switchboard::connect`].
+    fn disconnect(&self) {
+        let mut state = self.lock();
+        state.csms = None;
+        for c in state.connections.drain(..) {
+            c.abort();
+        }
+    }
+
+    fn connect(&self, csms: crate::csms::Csms) {
+        self.lock().csms = Some(csms);
+    }
 }
 
 /// Starts the controller for `plan` (under paused tokio time).
@@ -333,12 +372,18 @@ pub async fn start(plan: &Plan, options: &SimulateOptions) -> Result<SimulatedSi
     } else {
         Clock::virtual_from(plan.start)
     };
-    let server = Server::start(site, &Overrides::default(), clock.clone()).await?;
+    let server = Server::start(site.clone(), &Overrides::default(), clock.clone()).await?;
     schedule_limits(plan, &server.controller, &clock);
+    let switchboard = Switchboard::default();
+    switchboard.connect(server.csms.clone());
     Ok(SimulatedSite {
         server,
-        meter,
+        meter: Arc::new(meter),
         meter_server: Some(meter_server),
+        switchboard,
+        site,
+        plan: plan.clone(),
+        clock,
     })
 }
 
@@ -350,33 +395,72 @@ impl SimulatedSite {
     }
 
     /// A dialer for the sims' stations: each dial is a fresh in-memory pipe whose far end the
-    /// CSMS serves, as if the handshake had negotiated the station's id and version.
+    /// CSMS serves, as if the handshake had negotiated the station's id and version. While
+    /// the controller is stopped ([`SimulatedSite::restart`]) dials fail.
     pub fn dialer(
         &self,
     ) -> impl FnMut(
         &loadstar_sims::station::StationConfig,
-    ) -> Box<dyn FnMut() -> Dialing<DuplexStream> + Send> {
-        let csms = self.server.csms.clone();
+    ) -> Box<dyn FnMut() -> Dialing<DuplexStream> + Send>
+    + use<> {
+        let switchboard = self.switchboard.clone();
         move |config| {
-            let csms = csms.clone();
+            let switchboard = switchboard.clone();
             let id = config.id.clone();
             let version = config.version;
             Box::new(move || {
-                let csms = csms.clone();
+                let switchboard = switchboard.clone();
                 let id = id.clone();
                 Box::pin(async move {
+                    let Some(csms) = switchboard.lock().csms.clone() else {
+                        return Err(ClientError::Closed);
+                    };
                     let (station, far) = tokio::io::duplex(1 << 16);
                     let config = Some(crate::csms::websocket_config(1 << 20));
-                    tokio::spawn(async move {
+                    let served = tokio::spawn(async move {
                         let ws = WebSocketStream::from_raw_socket(far, Role::Server, config).await;
                         csms.serve_stream(ws, id, version, Admission::Known).await;
                     });
+                    {
+                        let mut state = switchboard.lock();
+                        state.connections.retain(|c| !c.is_finished());
+                        state.connections.push(served.abort_handle());
+                    }
                     Ok::<_, ClientError>(
                         WebSocketStream::from_raw_socket(station, Role::Client, config).await,
                     )
                 }) as Dialing<DuplexStream>
             })
         }
+    }
+
+    /// Stops the controller as a crash would (its connections drop, nothing is said to the
+    /// stations, which dial in vain), keeps it down for `down_for` of (virtual) time while
+    /// the stations run on what they were sent, then starts a new one on the same store: it
+    /// restores the sessions, limits and learned quirks from there and the stations reconnect.
+    pub async fn restart(&mut self, down_for: Duration) -> Result<(), SimulateError> {
+        self.switchboard.disconnect();
+        self.server
+            .halt()
+            .map_err(|e| SimulateError::Site(format!("store: {e}")))?;
+        info!(down_s = down_for.as_secs(), "controller stopped");
+        self.clock.sleep(down_for).await;
+        let server = Server::start_on(
+            self.site.clone(),
+            &Overrides {
+                data_dir: Some(self.server.data_dir.clone()),
+                ..Overrides::default()
+            },
+            self.clock.clone(),
+            Some(self.server.store.clone()),
+        )
+        .await?;
+        schedule_limits(&self.plan, &server.controller, &self.clock);
+        self.switchboard.connect(server.csms.clone());
+        // The halted one goes now; its tasks are aborted already.
+        self.server = server;
+        info!("controller started again");
+        Ok(())
     }
 }
 

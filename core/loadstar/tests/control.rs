@@ -421,3 +421,119 @@ async fn the_demo_runs_in_real_time_on_loopback() {
     );
     assert_eq!(summary.controller_excess_amp_s, 0.0, "{summary:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_stopped_controller_leaves_the_site_on_its_fallbacks_and_a_restart_resumes_it() {
+    logs();
+    // 6 stations of both versions on 40 A; every car wants more than the evening gives, so
+    // everyone charges the whole time.
+    let groups = format!(
+        "{}{}",
+        group("R16", 3, "1.6", ""),
+        group("R201", 3, "2.0.1", "")
+    )
+    .replace("arrival_soc = 0.4", "arrival_soc = 0.1")
+    .replace("target_soc = 0.6", "target_soc = 1.0");
+    let plan = scenario("restart", 40.0, 3, "", &groups);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let options = SimulateOptions::new(dir.path().to_path_buf());
+    let mut site = simulate::start(&plan, &options)
+        .await
+        .expect("controller starts");
+    let meter = site.meter.clone();
+    let mut readings = meter.subscribe();
+    let clock = loadstar::clock::Clock::virtual_from(plan.start);
+    let at = |hh: i64, mm: i64| plan.start + chrono::Duration::minutes(hh * 60 + mm);
+    let drive = drive::run(
+        &plan,
+        site.dialer(),
+        SimClock::starting_at(plan.start),
+        &meter,
+        DriveConfig {
+            control_tick: options.tick,
+            ..DriveConfig::default()
+        },
+    );
+    let base_a = 2300.0 / 230.0 / 3.0;
+    let story = async {
+        sleep_until(&clock, at(0, 45)).await;
+        let before: Vec<(String, String)> = sessions(&site.server);
+        assert_eq!(
+            before.len(),
+            6,
+            "every car charges before the stop: {before:?}"
+        );
+        let down_for = Duration::from_secs(20 * 60);
+        let sample = async {
+            // Well after every dynamic profile ran out (validity 300 s): the fallbacks alone.
+            sleep_until(&clock, at(1, 0)).await;
+            let r = *readings.borrow_and_update();
+            r.amps
+        };
+        let (restart, during) = tokio::join!(site.restart(down_for), sample);
+        restart.expect("the controller starts again");
+        // The fallback budget (40 A less the building's reserve) holds at least one
+        // minimum per line: charging went on without Loadstar.
+        assert!(
+            during.0.iter().all(|a| *a >= base_a + 5.5),
+            "EVSEs within the budget keep charging on their fallbacks: {during:?}"
+        );
+        // After the restart the stations reconnect, the sessions resume with their own
+        // transaction ids and get dynamic profiles again.
+        sleep_until(&clock, at(1, 20)).await;
+        let after = sessions(&site.server);
+        assert_eq!(after, before, "the same sessions, reconciled");
+        let report = site.server.controller.report();
+        let compact: Vec<_> = report
+            .iter()
+            .map(|e| (e.key.label(), e.accepted_a, e.decisions.last().cloned()))
+            .collect();
+        // The new controller allocates every session again (40 A holds five cars at their
+        // minimum on the busiest line beside the building: the sixth waits its turn).
+        assert!(
+            report.iter().all(|e| e
+                .decisions
+                .last()
+                .is_some_and(|d| d.at > at(1, 5) && d.held.is_none() && d.binding.is_some())),
+            "every session is allocated by the new controller: {compact:?}"
+        );
+        assert!(
+            report
+                .iter()
+                .filter(|e| e.accepted_a.is_some_and(|a| a > 0.0))
+                .count()
+                >= 5,
+            "the sessions charge on dynamic profiles again: {compact:?}"
+        );
+    };
+    let (report, ()) = tokio::join!(drive, story);
+    let v = &report.kpis.violations;
+    assert_eq!(
+        v.total_amp_s, 0.0,
+        "no excess: before, during (fallbacks only) or after the stop: {v:?}"
+    );
+}
+
+/// (station, transaction) of every session the controller's state holds.
+fn sessions(server: &loadstar::runtime::Server) -> Vec<(String, String)> {
+    let state = server.state.lock().expect("state");
+    let mut out: Vec<(String, String)> = state
+        .stations
+        .iter()
+        .flat_map(|(id, s)| {
+            s.evses.values().filter_map(move |e| {
+                e.session
+                    .as_ref()
+                    .map(|x| (id.clone(), x.transaction_id.clone()))
+            })
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+async fn sleep_until(clock: &loadstar::clock::Clock, at: DateTime<Utc>) {
+    clock
+        .sleep((at - clock.now()).to_std().unwrap_or_default())
+        .await;
+}
