@@ -1056,12 +1056,14 @@ impl Inner {
                 // everyone until it passed). On the lines it was seen drawing on (or the
                 // phases learned), it is counted at what it was given until a reading taken
                 // after the ramp arrives. Only when the grid reading itself is newer than the
-                // ramp: otherwise it does not hold the increase either, and counting it would
-                // hide building load.
+                // change: otherwise it does not hold the increase either. An EV still ramping
+                // up (the meter not yet showing all of it) is covered by the window of recent
+                // estimates below, which holds the load from before the change for longer
+                // than the station takes to report (twice its meter interval).
                 if let (Doubt::Settled, Some(accepted), Some(before), Some(changed), Some(g)) =
                     (doubt, l.accepted, l.before, l.changed_at, grid_fresh)
                     && accepted > before
-                    && g.at >= changed + ramp
+                    && g.at > changed
                     && e.measured.is_none_or(|(at, _, _)| at < changed + ramp)
                 {
                     // The window of recent estimates (below) still holds the building load

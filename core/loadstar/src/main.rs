@@ -342,6 +342,22 @@ fn run_simulate(
         .block_on(loadstar::simulate::run(&plan, &options, baselines))
         .context("simulation failed")?;
     println!("{}", sim.table);
+    let v = &sim.report.kpis.violations;
+    if v.total_amp_s > 0.0 {
+        // The table rounds to 0.1 A·s; a small excess deserves its exact figures.
+        println!(
+            "Loadstar over the limit: {:.3} A·s (controller {:.3}, reaction lag {:.3}, building {:.3}, stations {:.3}); worst {}",
+            v.total_amp_s,
+            v.controller_amp_s,
+            v.lag_amp_s,
+            v.building_amp_s,
+            v.stations_amp_s.iter().sum::<f64>(),
+            v.worst.map_or("-".to_owned(), |w| format!(
+                "{:.3} A on {:?} at {}",
+                w.amps, w.line, w.at
+            ))
+        );
+    }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let dir = out.join(&plan.name);
     loadstar::simulate::write_plots(&dir, &plan, "loadstar", "loadstar", &sim.report)
