@@ -47,6 +47,9 @@ class Station(ChargePoint):
         self.config_reads = []
         self.ops = []
         self.profile_received = asyncio.Event()
+        # The control loop's fallback comes from its failsafe pass (every 2 s), which on a
+        # busy machine can come after the test's profile: the flow waits for both.
+        self.fallback_received = asyncio.Event()
 
     @on(Action.get_configuration)
     def on_get_configuration(self, key=None, **_):
@@ -66,10 +69,12 @@ class Station(ChargePoint):
     @on(Action.set_charging_profile)
     def on_set_charging_profile(self, connector_id, cs_charging_profiles, **_):
         self.profiles.append({"connector_id": connector_id, "profile": cs_charging_profiles})
-        # The test's own profile (id 7) ends the flow; the control loop's fallback and dynamic
-        # profiles arrive too, and the library validates them all.
+        # The test's own profile (id 7) and the control loop's fallback end the flow; its
+        # dynamic profiles arrive too, and the library validates them all.
         if cs_charging_profiles.get("charging_profile_id") == 7:
             self.profile_received.set()
+        if cs_charging_profiles.get("charging_profile_purpose") == "TxDefaultProfile":
+            self.fallback_received.set()
         return call_result.SetChargingProfile(status=ChargingProfileStatus.accepted)
 
 
@@ -150,7 +155,9 @@ async def flow(cp, summary):
     summary["ready_for_profile"] = True
     print(json.dumps({"event": "charging", "transaction_id": tx}), flush=True)
     try:
-        await asyncio.wait_for(cp.profile_received.wait(), timeout=30)
+        await asyncio.wait_for(
+            asyncio.gather(cp.profile_received.wait(), cp.fallback_received.wait()), timeout=30
+        )
     except asyncio.TimeoutError:
         summary["profile_timeout"] = True
     stop = await cp.call(call.StopTransaction(meter_stop=3500, timestamp=now(), transaction_id=tx, reason="EVDisconnected", id_tag="TAG-OK"))

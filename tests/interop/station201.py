@@ -41,6 +41,9 @@ class Station(ChargePoint):
         self.report_sent = False
         self.report_task = None
         self.profile_received = asyncio.Event()
+        # The control loop's fallback comes from its failsafe pass (every 2 s), which on a
+        # busy machine can come after the test's profile: the flow waits for both.
+        self.fallback_received = asyncio.Event()
 
     @on("GetVariables")
     def on_get_variables(self, get_variable_data, **_):
@@ -70,10 +73,12 @@ class Station(ChargePoint):
     @on("SetChargingProfile")
     def on_set_charging_profile(self, evse_id, charging_profile, **_):
         self.profiles.append({"evse_id": evse_id, "profile": charging_profile})
-        # The test's own profile (id 11) ends the flow; the control loop's fallback and dynamic
-        # profiles arrive too, and the library validates them all.
+        # The test's own profile (id 11) and the control loop's fallback end the flow; its
+        # dynamic profiles arrive too, and the library validates them all.
         if charging_profile.get("id") == 11:
             self.profile_received.set()
+        if charging_profile.get("charging_profile_purpose") == "TxDefaultProfile":
+            self.fallback_received.set()
         return call_result.SetChargingProfile(status="Accepted")
 
 
@@ -174,7 +179,9 @@ async def flow(cp, summary):
     await cp.call(call.MeterValues(evse_id=1, meter_value=[meter_value(3300.0, (15.0, 15.0, 15.0))]))
     print(json.dumps({"event": "charging", "transaction_id": tx}), flush=True)
     try:
-        await asyncio.wait_for(cp.profile_received.wait(), timeout=30)
+        await asyncio.wait_for(
+            asyncio.gather(cp.profile_received.wait(), cp.fallback_received.wait()), timeout=30
+        )
     except asyncio.TimeoutError:
         summary["profile_timeout"] = True
     if cp.report_task is not None:
