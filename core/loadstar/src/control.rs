@@ -1501,18 +1501,16 @@ impl Inner {
         let interval = TimeDelta::from_std(config.plan_interval).unwrap_or(TimeDelta::minutes(5));
         let start = {
             let mut state = lock(&self.plan);
-            let fresh = state.made.as_ref().is_some_and(|m| {
-                m.signature == signature && now < m.made_at + interval && now >= m.made_at
-            });
+            // The last attempt (made or failed) covers this signature until the interval ends.
             let tried = state.tried_signature == signature
                 && state
                     .tried_at
                     .is_some_and(|at| now < at + interval && now >= at);
-            let due = !planned.is_empty() && !fresh && !tried && !state.running;
+            let due = !planned.is_empty() && !tried && !state.running;
             if due {
                 state.running = true;
                 state.tried_at = Some(now);
-                state.tried_signature = signature.clone();
+                state.tried_signature = signature;
             }
             if planned.is_empty() {
                 state.made = None;
@@ -1540,14 +1538,7 @@ impl Inner {
                 }
                 let mut state = lock(&inner.plan);
                 state.running = false;
-                state.made = usable.then(|| {
-                    Arc::new(planner::MadePlan {
-                        slots,
-                        plan,
-                        signature,
-                        made_at: now,
-                    })
-                });
+                state.made = usable.then(|| Arc::new(planner::MadePlan { slots, plan }));
             };
             if self.clock.is_virtual() || tokio::runtime::Handle::try_current().is_err() {
                 run();

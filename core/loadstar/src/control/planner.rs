@@ -84,9 +84,6 @@ pub struct NodeLimits<'a> {
 pub struct MadePlan {
     pub slots: Vec<PlanSlot>,
     pub plan: Plan,
-    /// What it was made for (see [`signature`]).
-    pub signature: String,
-    pub made_at: DateTime<Utc>,
 }
 
 impl MadePlan {
@@ -425,12 +422,7 @@ mod tests {
             energy_wh: 0.0,
             solar_wh: 0.0,
         };
-        let made = MadePlan {
-            slots,
-            plan,
-            signature: String::new(),
-            made_at: Utc::now(),
-        };
+        let made = MadePlan { slots, plan };
         let leaves = now + SLOT_S + SLOT_S / 4;
         assert_eq!(made.target_a("a", leaves, now + 10), Some(16.0));
         // A quarter of the second slot present: 4 A average is 16 A while there.
