@@ -23,10 +23,12 @@
 //! **Must never** hold a lock across an await, send an increase computed from headroom a
 //! decrease of the same tick frees, or count a station at less than it may draw.
 
+pub mod drive;
 pub mod failsafe;
-pub mod meter;
 pub mod planner;
+pub mod policy;
 pub mod profile;
+mod snapshot;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -160,6 +162,38 @@ pub struct ExternalLimit {
     pub from: DateTime<Utc>,
     pub until: DateTime<Utc>,
     pub reason: String,
+}
+
+/// A node's limit in force, for the API and tests.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NodeLimit {
+    pub node: String,
+    /// A per line.
+    pub limit: PerLine,
+    /// What binds each line (`physical`, `dr:…`, `plugin:<name>`, `plugin:<name>:safe`).
+    pub sources: Vec<String>,
+}
+
+/// The node tree: the grid, then the circuits top-down; and each id's index.
+fn node_tree(site: &SiteConfig) -> (Vec<&str>, HashMap<&str, usize>) {
+    let mut ids: Vec<&str> = vec![GRID_ID];
+    ids.extend(site.circuits().iter().map(|c| c.id.as_str()));
+    let index = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+    (ids, index)
+}
+
+/// The constraints of `limits` on `node`, for the optimizer.
+fn limit_constraints(limits: &[ExternalLimit], node: &str) -> Vec<LimitConstraint> {
+    limits
+        .iter()
+        .filter(|l| l.node == node)
+        .map(|l| LimitConstraint {
+            source: l.source.clone(),
+            limit: l.limit,
+            from_s: l.from.timestamp(),
+            until_s: l.until.timestamp(),
+        })
+        .collect()
 }
 
 /// Why an entry point refused its input.
@@ -453,6 +487,10 @@ struct Inner {
     rotation_saved: Mutex<Option<DateTime<Utc>>>,
     stats: Mutex<Stats>,
     plan: Mutex<PlanState>,
+    /// What the policy plugins said last, by name.
+    policies: Mutex<policy::Policies>,
+    /// The latest reading of every meter plugin, by name, with the node it measures.
+    meters: Mutex<BTreeMap<String, (Option<String>, crate::plugins::wit::Reading)>>,
     ticks: std::sync::atomic::AtomicU64,
 }
 
@@ -562,9 +600,12 @@ impl Controller {
                 rotation_saved: Mutex::new(None),
                 stats: Mutex::new(Stats::default()),
                 plan: Mutex::new(PlanState::default()),
+                policies: Mutex::new(policy::Policies::default()),
+                meters: Mutex::new(BTreeMap::new()),
                 ticks: std::sync::atomic::AtomicU64::new(0),
             }),
         };
+        controller.sync_policies(&lock(&controller.inner.site).clone());
         controller.inner.restore();
         controller
     }
@@ -706,8 +747,124 @@ impl Controller {
             "site file reloaded"
         );
         *lock(&self.inner.config) = ControlConfig::from_site(&site);
+        self.sync_policies(&site);
         *lock(&self.inner.site) = site;
         self.wake();
+    }
+
+    /// Keeps one policy state per policy plugin of `site`: new ones start unevaluated, removed
+    /// ones are dropped with their constraints (the operator took them out).
+    fn sync_policies(&self, site: &SiteConfig) {
+        let mut policies = lock(&self.inner.policies);
+        let mut kept = BTreeMap::new();
+        for (order, p) in site
+            .plugins()
+            .iter()
+            .filter(|p| p.spec.world == crate::plugins::World::Policy)
+            .enumerate()
+        {
+            let mut state = policies
+                .by_name
+                .remove(&p.spec.name)
+                .unwrap_or_else(|| policy::PolicyState::new(order, BTreeMap::new()));
+            state.order = order;
+            state.safe_limits = p.safe_limits.clone();
+            kept.insert(p.spec.name.clone(), state);
+        }
+        for name in policies.by_name.keys() {
+            info!(plugin = %name, "policy removed from the site file: its constraints are dropped");
+        }
+        policies.by_name = kept;
+    }
+
+    /// A meter plugin's reading, kept for the policies' snapshots (the grid meter's also goes
+    /// through [`Controller::set_grid_reading`]).
+    pub fn set_meter_reading(
+        &self,
+        meter: &str,
+        node: Option<&str>,
+        reading: crate::plugins::wit::Reading,
+    ) {
+        lock(&self.inner.meters).insert(meter.to_owned(), (node.map(str::to_owned), reading));
+    }
+
+    /// What policy `name` returned (or why it failed). A success replaces its constraints; a
+    /// failure keeps them until each ends, then its safe values apply
+    /// ([`policy`](self::policy)). The loop runs at once.
+    pub fn policy_evaluated(
+        &self,
+        name: &str,
+        result: Result<crate::plugins::wit::Constraints, String>,
+    ) {
+        let now = self.inner.clock.now();
+        let site = self.site();
+        let mut policies = lock(&self.inner.policies);
+        let Some(state) = policies.by_name.get_mut(name) else {
+            debug!(
+                plugin = name,
+                "result of a policy no longer in the site file ignored"
+            );
+            return;
+        };
+        match result {
+            Ok(c) => {
+                let (output, warnings) =
+                    policy::PolicyOutput::from_wit(&c, |n| site.node_limit(n).is_some());
+                for w in warnings {
+                    warn!(plugin = name, "{w}");
+                }
+                if state.failing.take().is_some() {
+                    info!(plugin = name, "policy evaluates again");
+                }
+                state.failing_since = None;
+                let changed = state.last.as_ref().is_none_or(|(_, o)| *o != output);
+                state.last = Some((now, output));
+                drop(policies);
+                if changed {
+                    self.wake();
+                }
+            }
+            Err(e) => {
+                if state.failing.is_none() {
+                    warn!(plugin = name, error = %e, "policy failed: its last constraints hold until they end, then its safe values");
+                    state.failing_since = Some(now);
+                }
+                state.failing = Some(e);
+                drop(policies);
+                self.wake();
+            }
+        }
+    }
+
+    /// Every policy's state: its last output, whether it is failing.
+    pub fn policies(&self) -> BTreeMap<String, policy::PolicyState> {
+        lock(&self.inner.policies).by_name.clone()
+    }
+
+    /// What a policy plugin sees: the site as the loop knows it now.
+    pub fn snapshot(&self) -> crate::plugins::wit::SiteSnapshot {
+        self.inner.snapshot()
+    }
+
+    /// Each node's limit in force now (the minimum of the site file and every source) and the
+    /// source that binds each line.
+    pub fn node_limits(&self) -> Vec<NodeLimit> {
+        let now = self.inner.clock.now();
+        let site = self.site();
+        let limits = self.inner.all_limits(now);
+        std::iter::once(GRID_ID)
+            .chain(site.circuits().iter().map(|c| c.id.as_str()))
+            .map(|id| {
+                let physical = site.node_limit(id).unwrap_or(PerLine::ZERO);
+                let constraints = limit_constraints(&limits, id);
+                let (limit, sources) = effective_limit(physical, &constraints, now.timestamp());
+                NodeLimit {
+                    node: id.to_owned(),
+                    limit,
+                    sources: sources.0.to_vec(),
+                }
+            })
+            .collect()
     }
 
     /// The site file in use.
@@ -754,6 +911,17 @@ const ROTATION_KEY: &str = "rotation";
 const SAVE_ROTATION_EVERY: TimeDelta = TimeDelta::seconds(60);
 
 impl Inner {
+    /// The external limits in force or announced, and every policy's.
+    fn all_limits(&self, now: DateTime<Utc>) -> Vec<ExternalLimit> {
+        let mut limits = {
+            let mut limits = lock(&self.limits);
+            limits.retain(|l| l.until > now);
+            limits.clone()
+        };
+        limits.extend(lock(&self.policies).limits(now));
+        limits
+    }
+
     /// Active constraints survive a restart: a demand-response limit must not be forgotten.
     fn save_limits(&self, limits: &[ExternalLimit]) {
         match serde_json::to_vec(limits) {
@@ -810,14 +978,7 @@ impl Inner {
         let ramp = TimeDelta::from_std(config.ramp).unwrap_or(TimeDelta::seconds(5));
         let stale = TimeDelta::from_std(config.stale_after).unwrap_or(TimeDelta::seconds(30));
 
-        // The node tree: the grid, then the circuits top-down.
-        let mut node_ids: Vec<&str> = vec![GRID_ID];
-        node_ids.extend(site.circuits().iter().map(|c| c.id.as_str()));
-        let node_index: HashMap<&str, usize> = node_ids
-            .iter()
-            .enumerate()
-            .map(|(i, id)| (*id, i))
-            .collect();
+        let (node_ids, node_index) = node_tree(&site);
 
         // Gather.
         let (stations, evses) = self.gather(&site, &node_index, now, stale);
@@ -827,11 +988,8 @@ impl Inner {
                 && now - g.at
                     <= TimeDelta::from_std(config.meter_timeout).unwrap_or(TimeDelta::seconds(10))
         });
-        let limits = {
-            let mut limits = lock(&self.limits);
-            limits.retain(|l| l.until > now);
-            limits.clone()
-        };
+        let limits = self.all_limits(now);
+        let policies = lock(&self.policies).clone();
 
         let mut sends: Vec<Send> = Vec::new();
         let mut links = lock(&self.links);
@@ -973,16 +1131,7 @@ impl Inner {
             Vec::with_capacity(node_ids.len());
         for (i, id) in node_ids.iter().enumerate() {
             let physical = site.node_limit(id).unwrap_or(PerLine::ZERO);
-            let constraints: Vec<LimitConstraint> = limits
-                .iter()
-                .filter(|l| l.node == *id)
-                .map(|l| LimitConstraint {
-                    source: l.source.clone(),
-                    limit: l.limit,
-                    from_s: l.from.timestamp(),
-                    until_s: l.until.timestamp(),
-                })
-                .collect();
+            let constraints = limit_constraints(&limits, id);
             let (mut limit, limit_source) = effective_limit(physical, &constraints, now_s);
             // An announced drop is met before it starts: by then every station has had time
             // to answer and ramp down.
@@ -1015,6 +1164,8 @@ impl Inner {
         let mut held: Vec<(usize, f64, &'static str)> = Vec::new();
         let mut planned: Vec<planner::Planned> = Vec::new();
         let mut in_transition = 0usize;
+        let mut switched_off: Vec<(usize, String)> = Vec::new();
+        let mut rules: Vec<policy::EvseRule> = Vec::new();
         for (i, e) in evses.iter().enumerate() {
             let s = &stations[e.station];
             let circuit = s.config.electrical;
@@ -1115,6 +1266,14 @@ impl Inner {
                 Some(to) => (to, to),
                 None => (min_a, max_a),
             };
+            let rule = policies.rule(&e.key.label(), now);
+            if fixed.is_none()
+                && let Some(why) = rule.off
+            {
+                // A policy switched it off: 0 A, sent like any decrease (break before make).
+                switched_off.push((i, why));
+                continue;
+            }
             if fixed.is_none() {
                 let needs = planner::effective_needs(
                     needs,
@@ -1123,14 +1282,15 @@ impl Inner {
                     &site.control().fleet,
                     site.timezone(),
                 );
+                let had = (session.energy_wh - needs.energy_from_wh).max(0.0);
                 if let (Some(departure), Some(energy)) = (needs.departure, needs.energy_wh)
                     && departure > now
-                    && energy - session.energy_wh > 1.0
+                    && energy - had > 1.0
                 {
                     planned.push(planner::Planned {
                         index: problem_evses.len(),
                         departure_s: departure.timestamp(),
-                        remaining_wh: energy - session.energy_wh,
+                        remaining_wh: energy - had,
                     });
                 }
             }
@@ -1148,6 +1308,11 @@ impl Inner {
                 plan_a: None,
             });
             problem_keys.push(i);
+            rules.push(if fixed.is_none() {
+                rule
+            } else {
+                policy::EvseRule::default()
+            });
         }
         // Uncontrolled load: the grid meter minus what the controlled EVSEs draw; without a
         // fresh reading, the configured worst case.
@@ -1180,14 +1345,23 @@ impl Inner {
                 constraints,
             })
             .collect();
+        let prices: Vec<f64> = planner::slot_starts(now_s, &planned)
+            .into_iter()
+            .map(|start| {
+                DateTime::from_timestamp(start, 0)
+                    .and_then(|t| policies.price_at(t))
+                    .unwrap_or(0.0)
+            })
+            .collect();
         self.follow_plan(
             &config,
             &nodes,
             &node_limits,
             &mut problem_evses,
-            &planned,
+            (&planned, &prices),
             now,
         );
+        policy::apply(&mut problem_evses, &rules);
         let mut problem = Problem::new(nodes, problem_evses, now_s);
         problem.rotation = lock(&self.rotation).clone();
         let mut allocation = match allocate::allocate(&problem) {
@@ -1313,6 +1487,28 @@ impl Inner {
                     binding: None,
                     held: Some((*why).to_owned()),
                 });
+            }
+        }
+        for (i, why) in switched_off {
+            let e = &evses[i];
+            let s = &stations[e.station];
+            let Some(l) = links
+                .get_mut(&e.key.station)
+                .and_then(|k| k.evses.get_mut(&e.key.evse))
+            else {
+                continue;
+            };
+            l.record(Decision {
+                at: now,
+                amps: 0.0,
+                binding: None,
+                held: Some(why),
+            });
+            let current = l.accepted.unwrap_or(s.config.max_current_a);
+            if current > 0.05 {
+                decreases.push((i, 0.0));
+            } else if l.sent_at.is_none_or(|t| now >= t + validity / 2) || !l.dynamic {
+                renewals.push((i, 0.0));
             }
         }
         // Break before make: no increase while a decrease is on its way, in this tick or before.
@@ -1493,11 +1689,11 @@ impl Inner {
         nodes: &[Node],
         limits: &[planner::NodeLimits<'_>],
         evses: &mut [Evse],
-        planned: &[planner::Planned],
+        (planned, prices): (&[planner::Planned], &[f64]),
         now: DateTime<Utc>,
     ) {
         let now_s = now.timestamp();
-        let signature = planner::signature(evses, planned, limits);
+        let signature = planner::signature(evses, planned, limits, prices);
         let interval = TimeDelta::from_std(config.plan_interval).unwrap_or(TimeDelta::minutes(5));
         let start = {
             let mut state = lock(&self.plan);
@@ -1512,13 +1708,14 @@ impl Inner {
                 state.tried_at = Some(now);
                 state.tried_signature = signature;
             }
-            if planned.is_empty() {
-                state.made = None;
-            }
+            // A tick with nothing to plan (every planned EVSE in a transition, say) keeps the
+            // plan: dropping it would leave the next ticks, whose signature it still covers,
+            // without targets (their EVSEs then charged at full power until the interval).
             due
         };
         if start
-            && let Some((slots, problem)) = planner::problem(now_s, nodes, limits, evses, planned)
+            && let Some((slots, problem)) =
+                planner::problem(now_s, nodes, limits, evses, planned, prices)
         {
             let inner = Arc::clone(self);
             let run = move || {
@@ -1553,7 +1750,15 @@ impl Inner {
         };
         for p in planned {
             let e = &mut evses[p.index];
-            if let Some(target) = made.target_a(&e.id, p.departure_s, now_s) {
+            if let Some(mut target) = made.target_a(&e.id, p.departure_s, now_s) {
+                // The last few Wh come as a sliver of a slot, below the minimum current, which
+                // allocate() would idle slot after slot: once the rest fits in one slot at the
+                // minimum, a slot with any energy for it delivers at the minimum.
+                let at_min_wh =
+                    e.circuit.amps_to_watts(e.ev_phases, e.min_a) * planner::SLOT_S as f64 / 3600.0;
+                if target > 0.01 && target < e.min_a && p.remaining_wh <= at_min_wh {
+                    target = e.min_a;
+                }
                 e.plan_a = Some(target.max(0.0));
                 e.priority = planner::PLANNED_PRIORITY;
                 e.weight = planner::PLANNED_WEIGHT;

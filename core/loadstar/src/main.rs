@@ -205,10 +205,7 @@ fn run(
             .await
             .context("cannot start the controller")?;
         info!(ocpp = %server.ocpp_addr, data_dir = %server.data_dir.display(), "loadstar running");
-        let reloader = tokio::spawn(reload_on_sighup(
-            config.to_path_buf(),
-            server.controller.clone(),
-        ));
+        let reloader = tokio::spawn(reload_on_sighup(config.to_path_buf(), server.reloader()));
         wait_for_shutdown().await;
         reloader.abort();
         info!("shutting down");
@@ -236,7 +233,7 @@ async fn wait_for_shutdown() {
 /// SIGHUP reloads the site file: limits, stations and settings change without a restart. A
 /// file with errors changes nothing and says why.
 #[cfg(unix)]
-async fn reload_on_sighup(path: PathBuf, controller: loadstar::control::Controller) {
+async fn reload_on_sighup(path: PathBuf, reloader: loadstar::runtime::Reloader) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         warn!("cannot listen for SIGHUP: reloading the site file needs a restart");
@@ -248,7 +245,7 @@ async fn reload_on_sighup(path: PathBuf, controller: loadstar::control::Controll
                 for w in site.warnings() {
                     warn!("{w}");
                 }
-                controller.reload(std::sync::Arc::new(site));
+                reloader.reload(site);
             }
             Err(e) => warn!(file = %path.display(), "site file not reloaded, it has errors:\n{e}"),
         }
@@ -256,7 +253,7 @@ async fn reload_on_sighup(path: PathBuf, controller: loadstar::control::Controll
 }
 
 #[cfg(not(unix))]
-async fn reload_on_sighup(_: PathBuf, _: loadstar::control::Controller) {}
+async fn reload_on_sighup(_: PathBuf, _: loadstar::runtime::Reloader) {}
 
 #[cfg(not(unix))]
 async fn wait_for_shutdown() {

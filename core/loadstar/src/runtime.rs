@@ -10,13 +10,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::clock::Clock;
 use crate::control::{self, Controller};
 use crate::csms::{Authorization, Csms, CsmsConfig};
-use crate::plugins::{HostOptions, PluginError, PluginHost, World};
+use crate::plugins::{HostOptions, PluginError, PluginHost, PluginSet};
 use crate::site::{AuthorizationMode, SiteConfig};
 use crate::state::SiteState;
 use crate::store::{RetentionPolicy, SledStore, Store, StoreError};
@@ -52,13 +53,6 @@ pub enum StartError {
     },
     #[error("plugin host: {0}")]
     PluginHost(#[source] PluginError),
-    #[error("plugin `{name}`: cannot read {path}: {source}")]
-    PluginFile {
-        name: String,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("plugin `{name}`: {source}")]
     Plugin {
         name: String,
@@ -104,13 +98,33 @@ pub struct Server {
     pub csms: Csms,
     /// The control loop: its entry points and reports.
     pub controller: Controller,
-    /// The plugin host, when the site file has plugins.
-    pub plugins: Option<Arc<PluginHost>>,
+    /// The plugin host.
+    pub plugins: Arc<PluginHost>,
     pub store: Arc<SledStore>,
     pub state: Arc<Mutex<SiteState>>,
     pub ocpp_addr: SocketAddr,
     pub data_dir: PathBuf,
+    reloader: Reloader,
     tasks: Vec<JoinHandle<()>>,
+}
+
+/// Applies a reloaded site file to a running controller: limits, stations, settings and
+/// plugins. Cheap to clone (SIGHUP and, later, the API hold one).
+#[derive(Clone)]
+pub struct Reloader {
+    controller: Controller,
+    plugins: Arc<watch::Sender<Arc<SiteConfig>>>,
+}
+
+impl Reloader {
+    /// The control loop takes the new file at its next tick (which runs at once, the
+    /// failsafe recomputed); the plugins are reloaded before their next call: unchanged ones
+    /// keep running, changed ones are swapped in place, new ones loaded, removed ones dropped.
+    pub fn reload(&self, site: SiteConfig) {
+        let site = Arc::new(site);
+        self.controller.reload(site.clone());
+        self.plugins.send_replace(site);
+    }
 }
 
 impl Server {
@@ -183,44 +197,34 @@ impl Server {
             clock.clone(),
         );
         tasks.push(controller.spawn());
-        let plugins = if site.plugins().is_empty() {
-            None
-        } else {
-            let host = PluginHost::new(
+        // Always there, so a reload can add plugins to a site that had none.
+        let plugins = Arc::new(
+            PluginHost::new(
                 HostOptions {
                     cache_dir: Some(data_dir.join("plugin-cache")),
                 },
                 store.clone() as Arc<dyn Store>,
                 clock.clone(),
             )
-            .map_err(StartError::PluginHost)?;
-            Some(Arc::new(host))
-        };
-        if let (Some(host), Some(name)) = (&plugins, site.control().grid_meter.as_deref())
-            && let Some(p) = site
-                .plugins()
-                .iter()
-                .find(|p| p.spec.name == name && p.spec.world == World::Meter)
+            .map_err(StartError::PluginHost)?,
+        );
+        let (site_tx, site_rx) = watch::channel(site.clone());
         {
-            let wasm = std::fs::read(&p.wasm).map_err(|source| StartError::PluginFile {
-                name: name.to_owned(),
-                path: p.wasm.clone(),
-                source,
-            })?;
-            let meter =
-                host.load_meter(p.spec.clone(), &wasm)
-                    .map_err(|source| StartError::Plugin {
-                        name: name.to_owned(),
-                        source,
-                    })?;
-            info!(plugin = name, "grid meter plugin loaded");
-            let every = Duration::from_millis(site.control().tick_ms);
-            tasks.push(tokio::spawn(control::meter::run(
+            // A plugin that does not load at start is an error in the site file; at a reload it
+            // only counts as failed.
+            let (set, failed) = PluginSet::load(&plugins, site.plugins());
+            if let Some((name, source)) = failed.into_iter().next() {
+                return Err(StartError::Plugin { name, source });
+            }
+            for name in set.names() {
+                info!(plugin = name, "plugin loaded");
+            }
+            tasks.push(tokio::spawn(control::drive::run(
                 controller.clone(),
-                meter,
-                site.model(),
+                plugins.clone(),
+                set,
+                site_rx,
                 clock.clone(),
-                every,
             )));
         }
 
@@ -245,7 +249,12 @@ impl Server {
             }
         }));
 
+        let reloader = Reloader {
+            controller: controller.clone(),
+            plugins: Arc::new(site_tx),
+        };
         Ok(Server {
+            reloader,
             csms,
             controller,
             plugins,
@@ -255,6 +264,11 @@ impl Server {
             data_dir,
             tasks,
         })
+    }
+
+    /// What applies a reloaded site file (SIGHUP, the API).
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
     }
 
     /// Stops like a crash of the process would (every task aborted, nothing said to the

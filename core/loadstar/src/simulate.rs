@@ -159,8 +159,19 @@ fn physical_limit(plan: &Plan) -> PerLine {
         .fold(plan.site.limit, |acc, c| acc.max(c.limit))
 }
 
-/// The site file for `plan`, with the grid meter plugin at `meter_base` (`http://host:port`).
-pub fn site_toml(plan: &Plan, meter_base: &str, tick: Duration, layout: &Layout) -> String {
+/// Name of the tariff policy in generated site files.
+pub const TARIFF_POLICY: &str = "tariff";
+
+/// The site file for `plan`, with the grid meter plugin at `meter_base` (`http://host:port`)
+/// and, if the scenario has a tariff, the `day-ahead-price` policy reading its feed at
+/// `tariff_base`.
+pub fn site_toml(
+    plan: &Plan,
+    meter_base: &str,
+    tariff_base: Option<&str>,
+    tick: Duration,
+    layout: &Layout,
+) -> String {
     let grid = plan.site.model.grid();
     let grid_type = match grid {
         GridType::Wye => "wye",
@@ -211,6 +222,17 @@ pub fn site_toml(plan: &Plan, meter_base: &str, tick: Duration, layout: &Layout)
          # Deadlines are real time, and the whole simulation shares one thread.\n\
          limits = {{ deadline_ms = 2000 }}\n"
     );
+    if let Some(base) = tariff_base.filter(|_| !plan.tariff.is_empty()) {
+        let host = base.trim_start_matches("http://");
+        let _ = writeln!(
+            out,
+            "[[plugin]]\nname = \"{TARIFF_POLICY}\"\nworld = \"policy\"\nwasm = \"day_ahead_price.wasm\"\n\
+             config = {{ url = \"{base}/tariff\", refresh_s = 3600 }}\n\
+             grants = {{ http = [\"{host}\"] }}\n\
+             every_s = 60\n\
+             limits = {{ deadline_ms = 2000 }}\n"
+        );
+    }
     for p in &plan.stations {
         let c = &p.config;
         let wiring = c.circuit.wiring();
@@ -295,6 +317,8 @@ pub struct SimulatedSite {
     pub meter: Arc<watch::Sender<MeterReading>>,
     /// Keeps the meter's HTTP server alive.
     meter_server: Option<loadstar_sims::meter::Served>,
+    /// Keeps the tariff feed alive.
+    _tariff_server: loadstar_sims::meter::Served,
     switchboard: Switchboard,
     site: SiteConfig,
     plan: Plan,
@@ -354,9 +378,25 @@ pub async fn start(plan: &Plan, options: &SimulateOptions) -> Result<SimulatedSi
                 what: "starting the simulated grid meter".into(),
                 source,
             })?;
+    // The scenario's tariff as a day-ahead price feed on loopback, read by the real plugin.
+    let wasm = options.data_dir.join("day_ahead_price.wasm");
+    std::fs::write(&wasm, loadstar_plugin_artifacts::DAY_AHEAD_PRICE).map_err(|source| {
+        SimulateError::Io {
+            what: format!("writing {}", wasm.display()),
+            source,
+        }
+    })?;
+    let (_, tariff) = watch::channel(plan.tariff.clone());
+    let tariff_server = loadstar_sims::meter::serve_tariff(tariff)
+        .await
+        .map_err(|source| SimulateError::Io {
+            what: "starting the simulated tariff feed".into(),
+            source,
+        })?;
     let text = site_toml(
         plan,
         &format!("http://{}", meter_server.addr),
+        Some(&format!("http://{}", tariff_server.addr)),
         options.tick,
         &options.layout,
     );
@@ -380,6 +420,7 @@ pub async fn start(plan: &Plan, options: &SimulateOptions) -> Result<SimulatedSi
         server,
         meter: Arc::new(meter),
         meter_server: Some(meter_server),
+        _tariff_server: tariff_server,
         switchboard,
         site,
         plan: plan.clone(),

@@ -86,6 +86,11 @@ pub struct SitePlugin {
     pub spec: crate::plugins::PluginSpec,
     /// The component (`.wasm`), resolved against the site file's folder.
     pub wasm: PathBuf,
+    /// A policy's `every_s`: how often it is evaluated (zero for a meter, read every tick).
+    pub every: std::time::Duration,
+    /// A policy's `safe_limits`: A per line by node, while it is failing and its last limits
+    /// have ended.
+    pub safe_limits: std::collections::BTreeMap<String, f64>,
 }
 
 /// `[site]`.
@@ -702,6 +707,22 @@ fn summary_plugin(p: &SitePlugin, out: &mut String) {
         l.restart_backoff_max_ms,
         l.http_max_response_bytes
     );
+    if spec.world == crate::plugins::World::Policy {
+        let safe = if p.safe_limits.is_empty() {
+            "its lowest last limit per node".to_string()
+        } else {
+            p.safe_limits
+                .iter()
+                .map(|(node, a)| format!("{node} {} A", fmt_num(*a)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(
+            out,
+            "  evaluated every {} s; when failing: {safe}",
+            p.every.as_secs()
+        );
+    }
 }
 
 fn plural(n: usize) -> &'static str {

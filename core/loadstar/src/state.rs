@@ -56,6 +56,10 @@ impl Measurement {
 pub struct ChargingNeeds {
     pub departure: Option<DateTime<Utc>>,
     pub energy_wh: Option<f64>,
+    /// The session's energy (Wh) when `energy_wh` was stated: an EV states what it still
+    /// needs at that moment (ISO 15118), so only what it got since counts against it. 0: from
+    /// the start of the session.
+    pub energy_from_wh: f64,
     pub ev_min_current_a: Option<f64>,
     pub ev_max_current_a: Option<f64>,
 }

@@ -81,7 +81,11 @@ struct Run {
 /// drive (to change limits, reload, break things) with the site.
 async fn run_with<F, Fut>(plan: &Plan, until: Option<DateTime<Utc>>, during: F) -> Run
 where
-    F: FnOnce(loadstar::control::Controller, loadstar::clock::Clock) -> Fut,
+    F: FnOnce(
+        loadstar::control::Controller,
+        loadstar::runtime::Reloader,
+        loadstar::clock::Clock,
+    ) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     logs();
@@ -94,7 +98,11 @@ where
         .await
         .expect("controller starts");
     let clock = loadstar::clock::Clock::virtual_from(plan.start);
-    tokio::spawn(during(site.server.controller.clone(), clock));
+    tokio::spawn(during(
+        site.server.controller.clone(),
+        site.server.reloader(),
+        clock,
+    ));
     let report = drive::run(
         plan,
         site.dialer(),
@@ -115,7 +123,7 @@ where
 }
 
 async fn run(plan: &Plan) -> Run {
-    run_with(plan, None, |_, _| async {}).await
+    run_with(plan, None, |_, _, _| async {}).await
 }
 
 fn controller_quirks(r: &Run, station: &str) -> Vec<String> {
@@ -318,7 +326,7 @@ async fn a_silent_grid_meter_means_the_worst_case_and_no_excess() {
 async fn a_reload_that_lowers_a_limit_applies_within_a_tick() {
     let groups = group("R16", 6, "1.6", "");
     let plan = scenario("reload", 80.0, 2, "", &groups);
-    let run = run_with(&plan, None, |controller, clock| async move {
+    let run = run_with(&plan, None, |controller, reloader, clock| async move {
         clock.sleep(Duration::from_secs(3600)).await;
         // The operator edits the site file: the connection is now 30 A.
         let site = controller.site();
@@ -335,7 +343,7 @@ async fn a_reload_that_lowers_a_limit_applies_within_a_tick() {
         );
         assert_ne!(text, lowered, "the limit line is in the file");
         let new = SiteConfig::parse(&lowered, &base, &|_| None).expect("valid");
-        controller.reload(std::sync::Arc::new(new));
+        reloader.reload(new);
     })
     .await;
     let r = &run.report;
@@ -366,6 +374,221 @@ async fn a_reload_that_lowers_a_limit_applies_within_a_tick() {
     );
 }
 
+/// The site file of a running simulated site, and its folder.
+fn site_file(controller: &loadstar::control::Controller) -> (String, std::path::PathBuf) {
+    let base = controller
+        .site()
+        .store()
+        .data_dir
+        .parent()
+        .expect("data dir")
+        .to_path_buf();
+    let text = std::fs::read_to_string(base.join("site.toml")).expect("site file");
+    (text, base)
+}
+
+/// The probe policy (halves the root's limit for the next 15 min, every 10 s) in `mode`.
+fn probe_policy(mode: &str, extra: &str) -> String {
+    format!(
+        "\n[[plugin]]\nname = \"probe\"\nworld = \"policy\"\nwasm = \"probe_policy.wasm\"\n\
+         config = {{ mode = \"{mode}\" }}\nlimits = {{ deadline_ms = 2000 }}\n{extra}\n"
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_policy_plugin_lowers_the_limit_and_a_failed_one_falls_back_to_its_safe_value() {
+    let groups = r#"
+[[stations]]
+id_prefix = "P16"
+count = 6
+version = "1.6"
+wiring = "rotated"
+hardware_max_a = 32
+
+[[vehicles]]
+at = "P16"
+count = 6
+arrive = { from = "00:05", to = "00:20" }
+depart = { from = "05:30", to = "06:00" }
+capacity_kwh = 80
+arrival_soc = 0.1
+target_soc = 0.9
+one_phase_share = 0.0
+max_a = 32
+"#;
+    let plan = scenario("policy", 80.0, 2, "", groups);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let run = run_with(&plan, None, move |controller, reloader, clock| async move {
+        let grid_limit = |c: &loadstar::control::Controller| {
+            let l = c
+                .node_limits()
+                .into_iter()
+                .find(|l| l.node == "grid")
+                .expect("grid");
+            (l.limit.0[0], l.sources[0].clone())
+        };
+        clock.sleep(Duration::from_secs(30 * 60)).await;
+        // The operator adds a policy plugin and reloads (what SIGHUP does).
+        let (text, base) = site_file(&controller);
+        std::fs::write(
+            base.join("probe_policy.wasm"),
+            loadstar_plugin_artifacts::PROBE_POLICY,
+        )
+        .expect("write the component");
+        let with_policy = format!(
+            "{text}{}",
+            probe_policy("ok", "safe_limits = { grid = 25 }")
+        );
+        reloader.reload(SiteConfig::parse(&with_policy, &base, &|_| None).expect("valid"));
+        clock.sleep(Duration::from_secs(20 * 60)).await;
+        record
+            .lock()
+            .unwrap()
+            .push(("policy on", grid_limit(&controller)));
+        // It breaks: the new version errors on every evaluation.
+        let broken = format!(
+            "{text}{}",
+            probe_policy("bogus", "safe_limits = { grid = 25 }")
+        );
+        reloader.reload(SiteConfig::parse(&broken, &base, &|_| None).expect("valid"));
+        clock.sleep(Duration::from_secs(10 * 60)).await;
+        record
+            .lock()
+            .unwrap()
+            .push(("failing, last limit", grid_limit(&controller)));
+        let failing = controller
+            .policies()
+            .get("probe")
+            .map(|p| p.failing.is_some());
+        record.lock().unwrap().push((
+            "failing flag",
+            (f64::from(u8::from(failing == Some(true))), String::new()),
+        ));
+        clock.sleep(Duration::from_secs(10 * 60)).await;
+        record
+            .lock()
+            .unwrap()
+            .push(("failing, safe", grid_limit(&controller)));
+    })
+    .await;
+    let r = &run.report;
+    assert_no_controller_excess(r);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 4, "every step ran: {seen:?}");
+    assert_eq!(
+        seen[0].1,
+        (40.0, "plugin:probe".to_string()),
+        "half of 80 A"
+    );
+    assert_eq!(
+        seen[1].1,
+        (40.0, "plugin:probe".to_string()),
+        "a failed policy keeps its last limit until it ends"
+    );
+    assert_eq!(seen[2].1.0, 1.0, "the policy counts as failing");
+    assert_eq!(
+        seen[3].1,
+        (25.0, "plugin:probe:safe".to_string()),
+        "then its safe value"
+    );
+    let start = plan.start;
+    let worst = |from_min: i64, to_min: i64| {
+        r.site
+            .iter()
+            .filter(|p| {
+                p.at >= start + chrono::Duration::minutes(from_min)
+                    && p.at < start + chrono::Duration::minutes(to_min)
+            })
+            .map(|p| p.grid.max_abs())
+            .fold(0.0, f64::max)
+    };
+    let before = worst(20, 30);
+    assert!(
+        before > 45.0,
+        "the cars used more than 40 A before: {before} A"
+    );
+    // The reload, the first evaluation, one tick, the answers and the ramp.
+    let with_policy = worst(31, 50);
+    assert!(with_policy <= 40.05, "with the policy: {with_policy} A");
+    assert!(with_policy > 30.0, "the cars still charge: {with_policy} A");
+    // The last good evaluation was at 50 min at the latest: its limit ends by 65 min.
+    let safe = worst(66, 120);
+    assert!(safe <= 25.05, "on the safe value: {safe} A");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_tariff_policy_moves_planned_charging_to_the_cheap_hours() {
+    // 2.0.1 cars that say when they leave; the night gets cheap at 02:00.
+    let text = r#"name = "cheap-night"
+description = "test"
+seed = 5
+start = "2026-03-02T00:00:00Z"
+duration_h = 6
+
+[site]
+grid = "wye"
+phase_voltage_v = 230
+limit_a = 80
+base_load = [{ at = "00:00", w = 2300 }]
+
+[tariff]
+slots = [{ from = "00:00", price = 0.40 }, { from = "02:00", price = 0.10 }]
+
+[[stations]]
+id_prefix = "N201"
+count = 4
+version = "2.0.1"
+wiring = "rotated"
+hardware_max_a = 32
+
+[[vehicles]]
+at = "N201"
+count = 4
+arrive = { from = "00:05", to = "00:10" }
+depart = { from = "05:00", to = "05:30" }
+capacity_kwh = 40
+arrival_soc = 0.4
+target_soc = 0.6
+one_phase_share = 0.0
+max_a = 16
+iso15118_share = 1.0
+"#;
+    let plan = scenario::parse("cheap-night.toml", text).unwrap_or_else(|e| panic!("{e}"));
+    let run = run(&plan).await;
+    let r = &run.report;
+    assert_no_controller_excess(r);
+    assert_eq!(r.kpis.reached_target, (4, 4), "{:?}", r.vehicles);
+    let mean = |from_min: i64, to_min: i64| {
+        let points: Vec<f64> = r
+            .site
+            .iter()
+            .filter(|p| {
+                p.at >= plan.start + chrono::Duration::minutes(from_min)
+                    && p.at < plan.start + chrono::Duration::minutes(to_min)
+            })
+            .map(|p| p.grid.max_abs())
+            .collect();
+        points.iter().sum::<f64>() / points.len().max(1) as f64
+    };
+    // The building alone draws 3.3 A per line.
+    let expensive = mean(20, 118);
+    let cheap = mean(120, 240);
+    assert!(
+        expensive < 4.5,
+        "the cars wait for the cheap hours: {expensive:.1} A before 02:00, {cheap:.1} A after"
+    );
+    assert!(cheap > 10.0, "and charge then: {cheap:.1} A");
+    let tariff = run
+        .site
+        .server
+        .controller
+        .policies()
+        .remove(simulate::TARIFF_POLICY)
+        .expect("the tariff policy");
+    assert!(tariff.failing.is_none(), "{:?}", tariff.failing);
+}
+
 #[test]
 fn the_demo_site_has_two_feeders_and_every_station_with_a_password() {
     let plan = loadstar::demo::plan().expect("the demo scenario parses");
@@ -373,6 +596,7 @@ fn the_demo_site_has_two_feeders_and_every_station_with_a_password() {
     let text = simulate::site_toml(
         &plan,
         "http://127.0.0.1:9",
+        Some("http://127.0.0.1:9"),
         Duration::from_secs(1),
         &loadstar::demo::layout(),
     );
@@ -395,6 +619,12 @@ fn the_demo_site_has_two_feeders_and_every_station_with_a_password() {
         site.control().grid_meter.as_deref(),
         Some(simulate::GRID_METER)
     );
+    let tariff = site
+        .plugins()
+        .iter()
+        .find(|p| p.spec.name == simulate::TARIFF_POLICY)
+        .expect("the demo's tariff is a policy plugin");
+    assert_eq!(tariff.spec.world, loadstar::plugins::World::Policy);
 }
 
 /// The README's main job, shortened: real time, real sockets on loopback, passwords.

@@ -1483,6 +1483,74 @@ wasm = \"n.wasm\"
 }
 
 #[test]
+fn a_policy_has_an_evaluation_interval_and_safe_limits_on_known_nodes() {
+    let text = format!(
+        "{BASE}
+[[plugin]]
+name = \"peak\"
+world = \"policy\"
+wasm = \"peak.wasm\"
+every_s = 5
+safe_limits = {{ grid = 40 }}
+
+[[plugin]]
+name = \"tariff\"
+world = \"policy\"
+wasm = \"tou.wasm\"
+"
+    );
+    let c = ok(&text);
+    let p = &c.plugins()[0];
+    assert_eq!(p.every, std::time::Duration::from_secs(5));
+    assert_eq!(p.safe_limits.get("grid"), Some(&40.0));
+    let t = &c.plugins()[1];
+    assert_eq!(t.every, std::time::Duration::from_secs(10), "default");
+    assert!(t.safe_limits.is_empty(), "none by default");
+
+    let bad = format!(
+        "{BASE}
+[[plugin]]
+name = \"peak\"
+world = \"policy\"
+wasm = \"peak.wasm\"
+every_s = 0
+safe_limits = {{ nowhere = 40, grid = -1 }}
+
+[[plugin]]
+name = \"m\"
+world = \"meter\"
+wasm = \"m.wasm\"
+every_s = 5
+"
+    );
+    let e = errs(&bad);
+    assert_err(
+        &e,
+        "plugin[0].every_s",
+        line_of(&bad, "every_s = 0"),
+        "between 1 and 86400",
+    );
+    assert_err(
+        &e,
+        "plugin[0].safe_limits.nowhere",
+        line_of(&bad, "nowhere"),
+        "no node \"nowhere\"",
+    );
+    assert_err(
+        &e,
+        "plugin[0].safe_limits.grid",
+        line_of(&bad, "nowhere"),
+        "at least 0 A",
+    );
+    assert_err(
+        &e,
+        "plugin[1].every_s",
+        line_of(&bad, "every_s = 5"),
+        "only a policy",
+    );
+}
+
+#[test]
 fn the_summary_lists_each_plugin_with_its_world_component_grants_and_limits() {
     let text = format!(
         "{BASE}

@@ -44,6 +44,7 @@ pub fn effective_needs(
         }
         if out.energy_wh.is_none() {
             out.energy_wh = Some(f.energy_wh);
+            out.energy_from_wh = 0.0;
         }
     }
     out
@@ -109,8 +110,13 @@ impl MadePlan {
 
 /// What a plan depends on beyond the passing of time: who is planned, when they leave, and the
 /// limits. A change means planning again at once.
-pub fn signature(evses: &[Evse], planned: &[Planned], limits: &[NodeLimits<'_>]) -> String {
-    let mut s = String::new();
+pub fn signature(
+    evses: &[Evse],
+    planned: &[Planned],
+    limits: &[NodeLimits<'_>],
+    prices: &[f64],
+) -> String {
+    let mut s = format!("{prices:?};");
     for p in planned {
         let e = &evses[p.index];
         s.push_str(&format!("{}@{}/{:.0};", e.id, p.departure_s, e.max_a));
@@ -130,12 +136,30 @@ pub fn signature(evses: &[Evse], planned: &[Planned], limits: &[NodeLimits<'_>])
 /// The planning problem from the tick's view: slots from now to the last departure, each
 /// node's headroom per slot (its limit then, minus what it carries now that the plan does not
 /// control: uncontrolled load, held EVSEs and the minimum of every unplanned session).
+/// The start of every slot the plan covers: from now to the last departure.
+pub fn slot_starts(now_s: i64, planned: &[Planned]) -> Vec<i64> {
+    planned
+        .iter()
+        .map(|p| p.departure_s)
+        .max()
+        .map(|end| {
+            slot_bounds(now_s, end.min(now_s + HORIZON_S), SLOT_S)
+                .into_iter()
+                .map(|(start, _)| start)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `prices` are per slot ([`slot_starts`]), from the tariff policies; without one every slot
+/// costs the same and the plan only meets the needs.
 pub fn problem(
     now_s: i64,
     nodes: &[Node],
     limits: &[NodeLimits<'_>],
     evses: &[Evse],
     planned: &[Planned],
+    prices: &[f64],
 ) -> Option<(Vec<PlanSlot>, PlanProblem)> {
     let end = planned
         .iter()
@@ -144,12 +168,11 @@ pub fn problem(
         .min(now_s + HORIZON_S);
     let slots: Vec<PlanSlot> = slot_bounds(now_s, end, SLOT_S)
         .into_iter()
-        .map(|(start, stop)| PlanSlot {
+        .enumerate()
+        .map(|(i, (start, stop))| PlanSlot {
             start_s: start,
             duration_s: stop - start,
-            // Prices reach the loop through tariff policies; without one every slot costs
-            // the same and the plan only meets the needs.
-            price_per_kwh: 0.0,
+            price_per_kwh: prices.get(i).copied().unwrap_or(0.0),
             solar_surplus_w: 0.0,
         })
         .collect();
@@ -355,7 +378,7 @@ mod tests {
             departure_s: now + 4 * SLOT_S,
             remaining_wh: 10_000.0,
         }];
-        let (slots, p) = problem(now, &nodes, &limits, &evses, &planned).expect("problem");
+        let (slots, p) = problem(now, &nodes, &limits, &evses, &planned, &[]).expect("problem");
         assert_eq!(slots.len(), 4);
         let head: Vec<f64> = p.nodes[0].headroom.iter().map(|h| h.0[0]).collect();
         // 40 − 4 uncontrolled − 6 for the unplanned EVSE a; 20 − 10 where the DR limit holds.

@@ -687,14 +687,17 @@ impl Handlers {
                 let evse_id = evse_id_of(req.evse_id)?;
                 let needs = &req.charging_needs;
                 let ac = needs.ac_charging_parameters.as_ref();
-                let update = crate::state::ChargingNeeds {
+                let mut update = crate::state::ChargingNeeds {
                     departure: needs.departure_time,
                     energy_wh: ac.map(|p| f64::from(p.energy_amount)),
+                    energy_from_wh: 0.0,
                     ev_min_current_a: ac.map(|p| f64::from(p.ev_min_current)),
                     ev_max_current_a: ac.map(|p| f64::from(p.ev_max_current)),
                 };
                 let known = self.with_station(|s| match s.evse(evse_id).session.as_mut() {
                     Some(session) => {
+                        // What the EV still needs now, on top of what it has had.
+                        update.energy_from_wh = session.energy_wh;
                         session.needs = update;
                         true
                     }

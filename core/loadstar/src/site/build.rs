@@ -155,7 +155,14 @@ pub(crate) fn build(
     let api = read_api(&root, &mut d);
     let logging = read_logging(&root, &mut d);
     let control = read_control(&root, &mut d);
-    let plugins = super::plugins::read_plugins(&root, base_dir, files, &mut d);
+    let node_ids: Vec<&str> = std::iter::once(GRID_ID)
+        .chain(
+            circuits
+                .iter()
+                .filter_map(|c| c.id.as_ref().map(|id| id.value.as_str())),
+        )
+        .collect();
+    let plugins = super::plugins::read_plugins(&root, base_dir, files, &node_ids, &mut d);
     if let (Some(name), Some(plugins)) = (
         control.as_ref().and_then(|c| c.grid_meter.as_deref()),
         plugins.as_ref(),

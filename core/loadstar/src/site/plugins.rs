@@ -12,7 +12,18 @@ use super::diag::Diag;
 use super::read::{Table, Value, as_str, sub_table, table_array};
 use crate::plugins::{Grants, Limits, PluginSpec, WasmKind, World};
 
-const PLUGIN_KEYS: &[&str] = &["name", "world", "wasm", "config", "grants", "limits"];
+const PLUGIN_KEYS: &[&str] = &[
+    "name",
+    "world",
+    "wasm",
+    "config",
+    "grants",
+    "limits",
+    "every_s",
+    "safe_limits",
+];
+/// How often a policy is evaluated unless its entry says otherwise, s.
+pub const DEFAULT_POLICY_EVERY_S: u64 = 10;
 const GRANT_KEYS: &[&str] = &["http", "modbus", "kv_max_bytes", "kv_max_keys"];
 const LIMIT_KEYS: &[&str] = &[
     "deadline_ms",
@@ -27,6 +38,7 @@ pub(super) fn read_plugins(
     root: &Table<'_, '_>,
     base_dir: &Path,
     files: Files,
+    nodes: &[&str],
     d: &mut Diag<'_>,
 ) -> Option<Vec<SitePlugin>> {
     let mut out = Vec::new();
@@ -34,7 +46,7 @@ pub(super) fn read_plugins(
     let mut names: HashMap<String, String> = HashMap::new();
     for (i, (table, span)) in table_array(root, "plugin", d).into_iter().enumerate() {
         let t = Table::new(table, Some(span), format!("plugin[{i}]"));
-        match read_plugin(&t, base_dir, files, d) {
+        match read_plugin(&t, base_dir, files, nodes, d) {
             Some(plugin) => {
                 if let Some(first) = names.insert(plugin.spec.name.clone(), t.path.clone()) {
                     d.error(
@@ -59,6 +71,7 @@ fn read_plugin(
     t: &Table<'_, '_>,
     base_dir: &Path,
     files: Files,
+    nodes: &[&str],
     d: &mut Diag<'_>,
 ) -> Option<SitePlugin> {
     t.check_keys(PLUGIN_KEYS, d);
@@ -114,6 +127,22 @@ fn read_plugin(
     };
     let grants = read_grants(t, d);
     let limits = read_limits(t, d);
+    let is_policy = world == Some(World::Policy);
+    for key in ["every_s", "safe_limits"] {
+        if world == Some(World::Meter) && t.has(key) {
+            d.error(
+                t.key_span(key),
+                t.field(key),
+                "only a policy has this (a meter is read every tick)",
+            );
+        }
+    }
+    let every_s = if is_policy {
+        int_or(t, "every_s", 1, 86_400, DEFAULT_POLICY_EVERY_S as i64, d)
+    } else {
+        Some(0)
+    };
+    let safe_limits = read_safe_limits(t, nodes, d);
 
     let spec = PluginSpec {
         name: name?.value,
@@ -127,7 +156,59 @@ fn read_plugin(
         d.error(t.span.clone(), t.path.clone(), e.to_string());
         return None;
     }
-    Some(SitePlugin { spec, wasm: wasm? })
+    Some(SitePlugin {
+        spec,
+        wasm: wasm?,
+        every: std::time::Duration::from_secs(every_s? as u64),
+        safe_limits: safe_limits?,
+    })
+}
+
+/// `safe_limits = { grid = 40, "feeder-a" = 25 }`: A per line on each named node while the
+/// policy is failing and its last limits have ended.
+fn read_safe_limits(
+    t: &Table<'_, '_>,
+    nodes: &[&str],
+    d: &mut Diag<'_>,
+) -> Option<std::collections::BTreeMap<String, f64>> {
+    let mut out = std::collections::BTreeMap::new();
+    if !t.has("safe_limits") {
+        return Some(out);
+    }
+    let mut s = sub_table(t, "safe_limits", d)?;
+    s.path = t.field("safe_limits");
+    let mut ok = true;
+    for (key, value) in s.table.iter() {
+        let node = key.get_ref().as_ref();
+        let field = s.field(node);
+        if !nodes.contains(&node) {
+            d.error(
+                Some(key.span()),
+                field.clone(),
+                format!(
+                    "no node \"{}\": use \"grid\" or a [[circuit]] id",
+                    node.escape_debug()
+                ),
+            );
+            ok = false;
+            continue;
+        }
+        match super::read::as_num(value, &field, d) {
+            Some(a) if a.value.is_finite() && a.value >= 0.0 => {
+                out.insert(node.to_owned(), a.value);
+            }
+            Some(a) => {
+                d.error(
+                    Some(a.span),
+                    field,
+                    "must be a finite current of at least 0 A",
+                );
+                ok = false;
+            }
+            None => ok = false,
+        }
+    }
+    ok.then_some(out)
 }
 
 /// Whether `path` is a readable WebAssembly component, from its preamble (compiling it is the
