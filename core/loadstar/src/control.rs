@@ -487,8 +487,9 @@ struct Inner {
     rotation_saved: Mutex<Option<DateTime<Utc>>>,
     stats: Mutex<Stats>,
     plan: Mutex<PlanState>,
-    /// What the policy plugins said last, by name.
-    policies: Mutex<policy::Policies>,
+    /// What the policy plugins said last, by name; replaced on change, so a tick takes it
+    /// without copying every output.
+    policies: Mutex<Arc<policy::Policies>>,
     /// The latest reading of every meter plugin, by name, with the node it measures.
     meters: Mutex<BTreeMap<String, (Option<String>, crate::plugins::wit::Reading)>>,
     ticks: std::sync::atomic::AtomicU64,
@@ -600,7 +601,7 @@ impl Controller {
                 rotation_saved: Mutex::new(None),
                 stats: Mutex::new(Stats::default()),
                 plan: Mutex::new(PlanState::default()),
-                policies: Mutex::new(policy::Policies::default()),
+                policies: Mutex::new(Arc::new(policy::Policies::default())),
                 meters: Mutex::new(BTreeMap::new()),
                 ticks: std::sync::atomic::AtomicU64::new(0),
             }),
@@ -755,7 +756,8 @@ impl Controller {
     /// Keeps one policy state per policy plugin of `site`: new ones start unevaluated, removed
     /// ones are dropped with their constraints (the operator took them out).
     fn sync_policies(&self, site: &SiteConfig) {
-        let mut policies = lock(&self.inner.policies);
+        let mut guard = lock(&self.inner.policies);
+        let policies = Arc::make_mut(&mut guard);
         let mut kept = BTreeMap::new();
         for (order, p) in site
             .plugins()
@@ -799,7 +801,7 @@ impl Controller {
         let now = self.inner.clock.now();
         let site = self.site();
         let mut policies = lock(&self.inner.policies);
-        let Some(state) = policies.by_name.get_mut(name) else {
+        let Some(state) = Arc::make_mut(&mut policies).by_name.get_mut(name) else {
             debug!(
                 plugin = name,
                 "result of a policy no longer in the site file ignored"
@@ -852,8 +854,9 @@ impl Controller {
         let now = self.inner.clock.now();
         let site = self.site();
         let limits = self.inner.all_limits(now);
-        std::iter::once(GRID_ID)
-            .chain(site.circuits().iter().map(|c| c.id.as_str()))
+        node_tree(&site)
+            .0
+            .into_iter()
             .map(|id| {
                 let physical = site.node_limit(id).unwrap_or(PerLine::ZERO);
                 let constraints = limit_constraints(&limits, id);
@@ -989,7 +992,7 @@ impl Inner {
                     <= TimeDelta::from_std(config.meter_timeout).unwrap_or(TimeDelta::seconds(10))
         });
         let limits = self.all_limits(now);
-        let policies = lock(&self.policies).clone();
+        let policies = Arc::clone(&lock(&self.policies));
 
         let mut sends: Vec<Send> = Vec::new();
         let mut links = lock(&self.links);

@@ -137,7 +137,7 @@ impl Inner {
                 reading: *reading,
             })
             .collect();
-        let policies = lock(&self.policies).clone();
+        let policies = std::sync::Arc::clone(&lock(&self.policies));
         let voltage = site.model().phase_voltage_v();
         let prices = policies
             .prices(now)
