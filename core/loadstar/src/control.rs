@@ -26,6 +26,7 @@
 pub mod drive;
 pub mod failsafe;
 pub mod planner;
+pub mod plugin_report;
 pub mod policy;
 pub mod profile;
 mod snapshot;
@@ -491,7 +492,9 @@ struct Inner {
     /// without copying every output.
     policies: Mutex<Arc<policy::Policies>>,
     /// The latest reading of every meter plugin, by name, with the node it measures.
-    meters: Mutex<BTreeMap<String, (Option<String>, crate::plugins::wit::Reading)>>,
+    meters: Mutex<BTreeMap<String, plugin_report::LastReading>>,
+    /// The plugins' host status, as the drive task last published it.
+    plugin_board: Mutex<plugin_report::PluginBoard>,
     ticks: std::sync::atomic::AtomicU64,
 }
 
@@ -603,6 +606,7 @@ impl Controller {
                 plan: Mutex::new(PlanState::default()),
                 policies: Mutex::new(Arc::new(policy::Policies::default())),
                 meters: Mutex::new(BTreeMap::new()),
+                plugin_board: Mutex::new(plugin_report::PluginBoard::default()),
                 ticks: std::sync::atomic::AtomicU64::new(0),
             }),
         };
@@ -787,7 +791,15 @@ impl Controller {
         node: Option<&str>,
         reading: crate::plugins::wit::Reading,
     ) {
-        lock(&self.inner.meters).insert(meter.to_owned(), (node.map(str::to_owned), reading));
+        let at = self.inner.clock.now();
+        lock(&self.inner.meters).insert(
+            meter.to_owned(),
+            plugin_report::LastReading {
+                at,
+                node: node.map(str::to_owned),
+                reading,
+            },
+        );
     }
 
     /// What policy `name` returned (or why it failed). A success replaces its constraints; a

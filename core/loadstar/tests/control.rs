@@ -446,9 +446,10 @@ max_a = 32
             .lock()
             .unwrap()
             .push(("policy on", grid_limit(&controller)));
-        // It breaks: the new version errors on every evaluation.
+        // It breaks: the new version errors on every evaluation. A second policy's component
+        // is missing.
         let broken = format!(
-            "{text}{}",
+            "{text}{}\n[[plugin]]\nname = \"ghost\"\nworld = \"policy\"\nwasm = \"missing.wasm\"\n",
             probe_policy("bogus", "safe_limits = { grid = 25 }")
         );
         reloader.reload(SiteConfig::parse(&broken, &base, &|_| None).expect("valid"));
@@ -465,6 +466,45 @@ max_a = 32
             "failing flag",
             (f64::from(u8::from(failing == Some(true))), String::new()),
         ));
+        // What an operator sees of the plugins meanwhile.
+        let now = clock.now();
+        let plugins = controller.plugins();
+        let probe = plugins.iter().find(|p| p.name == "probe").expect("probe");
+        let status = probe
+            .status
+            .as_ref()
+            .expect("the host's status is published");
+        assert!(
+            status.errors > 0 && status.health != loadstar::plugins::PluginHealth::Healthy,
+            "the failing policy's health: {status:?}"
+        );
+        assert!(status.reloads >= 1, "it was replaced in place: {status:?}");
+        let policy = probe.policy.as_ref().expect("its policy state");
+        assert!(policy.failing.is_some(), "{policy:?}");
+        assert!(policy.last.is_some(), "its last good output is kept");
+        let meter = plugins
+            .iter()
+            .find(|p| p.name == loadstar::simulate::GRID_METER)
+            .expect("the grid meter");
+        assert_eq!(
+            meter.status.as_ref().map(|s| &s.health),
+            Some(&loadstar::plugins::PluginHealth::Healthy)
+        );
+        let ghost = plugins.iter().find(|p| p.name == "ghost").expect("ghost");
+        assert!(
+            ghost.status.is_none()
+                && ghost
+                    .not_loaded
+                    .as_deref()
+                    .is_some_and(|e| e.contains("missing.wasm")),
+            "a plugin that did not load says why: {ghost:?}"
+        );
+        let reading = meter.last_reading.as_ref().expect("a reading");
+        assert_eq!(reading.node.as_deref(), Some("grid"));
+        assert!(
+            now - reading.at <= chrono::Duration::seconds(5) && reading.current_a[0].is_some(),
+            "read every tick: {reading:?} at {now}"
+        );
         clock.sleep(Duration::from_secs(10 * 60)).await;
         record
             .lock()

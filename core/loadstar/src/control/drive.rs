@@ -13,7 +13,7 @@
 //! One task owns the whole [`PluginSet`]: calls run one after the other, each under its own
 //! deadline, so a hung plugin costs its deadline and never the loop's tick.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,6 +44,8 @@ pub async fn run(
     clock: Clock,
 ) {
     let mut failing: HashMap<String, bool> = HashMap::new();
+    // Plugins of the site file that a reload could not load, and why.
+    let mut not_loaded: BTreeMap<String, String> = BTreeMap::new();
     let mut evaluated: HashMap<String, DateTime<Utc>> = HashMap::new();
     loop {
         if site.has_changed().unwrap_or(false) {
@@ -55,9 +57,14 @@ pub async fn run(
                 removed = ?report.removed,
                 "plugins reloaded"
             );
+            not_loaded.retain(|name, _| new.plugins().iter().any(|p| p.spec.name == *name));
+            for name in report.added.iter().chain(&report.reloaded) {
+                not_loaded.remove(name);
+            }
             for (name, e) in &report.failed {
                 warn!(plugin = %name, error = %e, "plugin not reloaded");
                 if set.get_mut(name).is_none() {
+                    not_loaded.insert(name.clone(), e.to_string());
                     controller.policy_evaluated(name, Err(format!("not loaded: {e}")));
                 }
             }
@@ -147,6 +154,7 @@ pub async fn run(
                 controller.policy_evaluated(&name, result);
             }
         }
+        controller.publish_plugin_statuses(set.statuses(), not_loaded.clone());
         clock.sleep(tick).await;
     }
 }

@@ -131,10 +131,10 @@ impl Inner {
 
         let meters = lock(&self.meters)
             .iter()
-            .map(|(name, (node, reading))| wit::MeterReading {
+            .map(|(name, m)| wit::MeterReading {
                 meter: name.clone(),
-                node: node.clone(),
-                reading: *reading,
+                node: m.node.clone(),
+                reading: m.reading,
             })
             .collect();
         let policies = std::sync::Arc::clone(&lock(&self.policies));
