@@ -508,6 +508,14 @@ struct PlanState {
     tried_signature: String,
 }
 
+/// A station's link, made on first use; a known station's id is not copied every tick.
+fn link_mut<'a>(links: &'a mut HashMap<String, StationLink>, id: &str) -> &'a mut StationLink {
+    if !links.contains_key(id) {
+        links.insert(id.to_owned(), StationLink::default());
+    }
+    links.get_mut(id).expect("inserted above")
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding a lock would be a bug; the data stays usable.
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -546,7 +554,8 @@ struct StationView<'a> {
     rate_w_only: bool,
     max_level: Option<i64>,
     skew_s: Option<i64>,
-    model_key: Option<String>,
+    /// It said at boot what it is (its model key is looked up once, not every tick).
+    booted: bool,
 }
 
 /// One profile to send, with what to update when the answer comes.
@@ -1012,9 +1021,10 @@ impl Inner {
 
         // Reconnects and session changes reset what the dialogue knows.
         for s in &stations {
-            let link = links.entry(s.config.id.clone()).or_default();
+            let link = link_mut(&mut links, &s.config.id);
             if link.model_key.is_none()
-                && let Some(key) = &s.model_key
+                && s.booted
+                && let Some(key) = &self.model_key(&s.config.id)
             {
                 // What this model taught us before (any station of it, any earlier run).
                 match self.store.control(key) {
@@ -1050,7 +1060,7 @@ impl Inner {
             }
         }
         for e in &evses {
-            let link = links.entry(e.key.station.clone()).or_default();
+            let link = link_mut(&mut links, &e.key.station);
             let l = link.evses.entry(e.key.evse).or_default();
             let tx = e.session.as_ref().map(|s| s.transaction.clone());
             if l.transaction != tx {
@@ -1181,14 +1191,15 @@ impl Inner {
         let mut in_transition = 0usize;
         let mut switched_off: Vec<(usize, String)> = Vec::new();
         let mut rules: Vec<policy::EvseRule> = Vec::new();
+        let unknown_link = EvseLink::default();
         for (i, e) in evses.iter().enumerate() {
             let s = &stations[e.station];
             let circuit = s.config.electrical;
+            // Borrowed: a link carries its decision ring, too dear to copy every tick.
             let l = links
                 .get(&e.key.station)
                 .and_then(|k| k.evses.get(&e.key.evse))
-                .cloned()
-                .unwrap_or_default();
+                .unwrap_or(&unknown_link);
             let station_max = s.config.max_current_a;
             let Some(session) = &e.session else { continue };
             let doubt = if s.handle.is_none() || !s.ready {
@@ -1782,6 +1793,13 @@ impl Inner {
     }
 
     /// Copies what the tick needs out of the site state.
+    /// The key a station's model is known by in the store (`model:<vendor>/<model>`).
+    fn model_key(&self, station: &str) -> Option<String> {
+        let state = lock(&self.state);
+        let boot = state.stations.get(station)?.boot.as_ref()?;
+        Some(format!("model:{}/{}", boot.vendor, boot.model))
+    }
+
     fn gather<'a>(
         &self,
         site: &'a SiteConfig,
@@ -1790,11 +1808,9 @@ impl Inner {
         stale: TimeDelta,
     ) -> (Vec<StationView<'a>>, Vec<EvseView>) {
         // Handles first: the CSMS takes the state lock under its registry lock.
-        let handles: Vec<Option<StationHandle>> = site
-            .stations()
-            .iter()
-            .map(|c| self.csms.station(&c.id))
-            .collect();
+        let handles = self
+            .csms
+            .stations(site.stations().iter().map(|c| c.id.as_str()));
         let state = lock(&self.state);
         let mut stations = Vec::with_capacity(site.stations().len());
         let mut evses = Vec::new();
@@ -1821,9 +1837,7 @@ impl Inner {
                 }),
                 max_level: caps.and_then(|c| c.max_stack_level),
                 skew_s: st.and_then(|s| s.clock_skew_s),
-                model_key: st
-                    .and_then(|s| s.boot.as_ref())
-                    .map(|b| format!("model:{}/{}", b.vendor, b.model)),
+                booted: st.is_some_and(|s| s.boot.is_some()),
                 handle,
                 config,
             });

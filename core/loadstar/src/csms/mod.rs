@@ -260,6 +260,17 @@ impl Csms {
         self.shared.registry().get(station_id).cloned()
     }
 
+    /// The handles of these stations (`None` where not connected), under one lock.
+    pub fn stations<'a>(
+        &self,
+        ids: impl IntoIterator<Item = &'a str>,
+    ) -> Vec<Option<StationHandle>> {
+        let registry = self.shared.registry();
+        ids.into_iter()
+            .map(|id| registry.get(id).cloned())
+            .collect()
+    }
+
     /// Ids of the connected stations.
     pub fn connected(&self) -> Vec<String> {
         self.shared.registry().keys().cloned().collect()
