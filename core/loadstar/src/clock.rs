@@ -76,6 +76,29 @@ impl Clock {
     pub async fn sleep(&self, duration: Duration) {
         tokio::time::sleep(duration).await;
     }
+
+    /// Runs `work` that waits on real IO (a plugin's HTTP or Modbus call) as if it took no
+    /// time of this clock. Under virtual time an idle runtime jumps to its next timer, so
+    /// without this the simulation would run ahead by however many timers fell due while the
+    /// kernel delivered the bytes: how far would depend on the machine's speed, and a
+    /// simulation would not repeat itself. A running blocking task is what stops tokio's
+    /// auto-advance; one waits here until `work` is done. `work` must end by itself in real
+    /// time (plugin calls have real-time deadlines).
+    pub async fn hold<F: Future>(&self, work: F) -> F::Output {
+        if !self.virtual_time {
+            return work.await;
+        }
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        let holding = tokio::task::spawn_blocking(move || {
+            // Returns when `done` is dropped.
+            let _ = wait.recv();
+        });
+        let out = work.await;
+        drop(done);
+        // The hold ends before this task goes on, so the next idle moment advances as usual.
+        let _ = holding.await;
+        out
+    }
 }
 
 fn to_chrono(d: Duration) -> chrono::Duration {
@@ -98,6 +121,47 @@ mod tests {
         clock.sleep(Duration::from_secs(86_400)).await;
         assert_eq!(clock.now(), start + chrono::Duration::days(1));
         assert!(clock.is_virtual());
+    }
+
+    /// A loopback exchange whose far end answers after 30 ms of real time, with a virtual
+    /// timer pending meanwhile; returns how much virtual time passed.
+    async fn exchange(clock: &Clock, held: bool) -> chrono::Duration {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let (mut s, _) = listener.accept().expect("accept");
+            let mut b = [0u8; 4];
+            s.read_exact(&mut b).expect("read");
+            std::thread::sleep(Duration::from_millis(30));
+            s.write_all(&b).expect("write");
+        });
+        let timer = tokio::spawn(tokio::time::sleep(Duration::from_secs(60)));
+        let before = clock.now();
+        let io = async {
+            let mut c = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            c.write_all(b"ping").await.expect("send");
+            let mut b = [0u8; 4];
+            c.read_exact(&mut b).await.expect("answer");
+        };
+        if held {
+            clock.hold(io).await;
+        } else {
+            io.await;
+        }
+        let passed = clock.now() - before;
+        timer.abort();
+        server.join().expect("server");
+        passed
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_held_wait_on_real_io_takes_no_virtual_time() {
+        let clock = Clock::virtual_from(Utc::now());
+        assert_eq!(exchange(&clock, true).await, chrono::Duration::zero());
+        // Without the hold the idle runtime jumps to the pending timer meanwhile.
+        assert!(exchange(&clock, false).await >= chrono::Duration::seconds(60));
     }
 
     #[tokio::test]

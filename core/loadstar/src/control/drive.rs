@@ -86,7 +86,8 @@ pub async fn run(
         for (name, meter) in set.meters_mut() {
             let is_grid = grid_meter.as_deref() == Some(name);
             let was_failing = failing.get(name).copied().unwrap_or(false);
-            let outcome = match meter.read().await {
+            // Plugins wait on real IO: under virtual time that must not move the clock.
+            let outcome = match clock.hold(meter.read()).await {
                 Ok(reading) => {
                     let now = clock.now();
                     controller.set_meter_reading(name, is_grid.then_some(GRID_ID), reading);
@@ -141,7 +142,10 @@ pub async fn run(
                 };
                 evaluated.insert(name.clone(), now);
                 let started = std::time::Instant::now();
-                let result = policy.evaluate(&snapshot).await.map_err(|e| e.to_string());
+                let result = clock
+                    .hold(policy.evaluate(&snapshot))
+                    .await
+                    .map_err(|e| e.to_string());
                 tracing::debug!(
                     plugin = %name,
                     %now,
