@@ -113,6 +113,7 @@ pub struct Server {
 #[derive(Clone)]
 pub struct Reloader {
     controller: Controller,
+    csms: Csms,
     plugins: Arc<watch::Sender<Arc<SiteConfig>>>,
 }
 
@@ -120,8 +121,14 @@ impl Reloader {
     /// The control loop takes the new file at its next tick (which runs at once, the
     /// failsafe recomputed); the plugins are reloaded before their next call: unchanged ones
     /// keep running, changed ones are swapped in place, new ones loaded, removed ones dropped.
+    /// The CSMS takes the new credentials, station list, id tags and settings at once
+    /// ([`Csms::reload`]).
     pub fn reload(&self, site: SiteConfig) {
         let site = Arc::new(site);
+        let dropped = self.csms.reload(csms_config(&site), site.clone());
+        if !dropped.is_empty() {
+            info!(stations = ?dropped, "stations disconnected by the reload");
+        }
         self.controller.reload(site.clone());
         self.plugins.send_replace(site);
     }
@@ -251,6 +258,7 @@ impl Server {
 
         let reloader = Reloader {
             controller: controller.clone(),
+            csms: csms.clone(),
             plugins: Arc::new(site_tx),
         };
         Ok(Server {

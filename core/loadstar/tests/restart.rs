@@ -1,5 +1,6 @@
-//! Sessions survive a restart of the real `loadstar` process, including a SIGKILL right after a
-//! session start was acknowledged; 1.6 transaction ids are never reused.
+//! The real `loadstar` process: sessions survive a restart, including a SIGKILL right after a
+//! session start was acknowledged; 1.6 transaction ids are never reused. A SIGHUP reload changes
+//! which stations may connect.
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -9,7 +10,7 @@ use std::time::Duration;
 use chrono::Utc;
 use loadstar::store::{SessionFilter, SledStore, Store};
 use loadstar_ocpp::{OcppVersion, v16, v201};
-use loadstar_sims::client::{ClientConfig, StationClient};
+use loadstar_sims::client::{ClientConfig, ClientError, StationClient};
 
 const SITE: &str = r#"
 [site]
@@ -40,26 +41,67 @@ listen = "127.0.0.1:9000"
 filter = "warn"
 "#;
 
+/// The tests of this file one at a time: a test that restarts the binary on its port leaves
+/// that port free for a moment, and the other test's client connections could take it as
+/// their local port.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A port free now and not handed to another test of this binary (they run in parallel, and
+/// the OS may offer the same free port twice).
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    static HANDED: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed = HANDED.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        if !handed.contains(&port) {
+            handed.push(port);
+            return port;
+        }
+    }
 }
 
-fn spawn(config: &Path, data: &Path, port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_loadstar"))
-        .arg("run")
-        .arg("--config")
-        .arg(config)
-        .arg("--data-dir")
-        .arg(data)
-        .arg("--ocpp-listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("loadstar starts")
+/// The running binary; killed when dropped, so a failing test leaves no process behind (it
+/// would hold the test's output open).
+struct Running(Child);
+
+impl std::ops::Deref for Running {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(config: &Path, data: &Path, port: u16) -> Running {
+    Running(
+        Command::new(env!("CARGO_BIN_EXE_loadstar"))
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .arg("--data-dir")
+            .arg(data)
+            .arg("--ocpp-listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("loadstar starts"),
+    )
 }
 
 async fn wait_listening(port: u16) {
@@ -125,6 +167,7 @@ fn tx_event(
 
 #[tokio::test]
 async fn sessions_survive_sigkill_and_restart() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("site.toml");
     std::fs::write(&config, SITE).expect("write site");
@@ -216,4 +259,85 @@ async fn sessions_survive_sigkill_and_restart() {
     assert_eq!(st2_session.energy_wh, 2_000.0);
     let open = store.open_sessions().expect("open");
     assert_eq!(open.len(), 1, "only the second 1.6 session is still open");
+}
+
+/// Connects as `id` (its password is the test pattern), retrying for up to 5 s while the
+/// answer is not `want` (a reload is applied asynchronously after the signal).
+async fn connects_within(port: u16, id: &str, want: bool) -> Option<StationClient> {
+    for _ in 0..100 {
+        match StationClient::connect(&client(port, id, OcppVersion::V16)).await {
+            Ok(st) if want => return Some(st),
+            Ok(st) => st.close().await,
+            Err(_) if !want => return None,
+            Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{id}: connecting did not become {want} within 5 s");
+}
+
+fn hangup(child: &Running) {
+    let status = Command::new("kill")
+        .arg("-HUP")
+        .arg(child.id().to_string())
+        .status()
+        .expect("kill -HUP");
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn a_sighup_reload_changes_which_stations_may_connect() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("site.toml");
+    // The site without ST-2 first.
+    let (head, st2_and_rest) =
+        SITE.split_at(SITE.find("[[station]]\nid = \"ST-2\"").expect("ST-2"));
+    let tail = &st2_and_rest[st2_and_rest.find("[csms]").expect("[csms]")..];
+    let st2_text = &st2_and_rest[..st2_and_rest.find("[csms]").expect("[csms]")];
+    let st1_text = &head[head.find("[[station]]").expect("ST-1")..];
+    let preamble = &head[..head.find("[[station]]").expect("ST-1")];
+    std::fs::write(&config, format!("{preamble}{st1_text}{tail}")).expect("write site");
+    let data = dir.path().join("data");
+    let port = free_port();
+    let mut child = spawn(&config, &data, port);
+    wait_listening(port).await;
+
+    assert!(
+        connects_within(port, "ST-2", false).await.is_none(),
+        "ST-2 is not in the site file"
+    );
+    let mut st1 = boot16(port).await;
+
+    // The operator adds ST-2: it may connect, and ST-1 stays connected.
+    std::fs::write(&config, format!("{preamble}{st1_text}{st2_text}{tail}")).expect("write site");
+    hangup(&child);
+    let mut st2 = connects_within(port, "ST-2", true)
+        .await
+        .expect("ST-2 connects");
+    assert!(st2.boot("V", "M").await.expect("boot"), "ST-2 accepted");
+    st1.idle(Duration::from_millis(500))
+        .await
+        .expect("ST-1 is still connected");
+
+    // Then removes ST-1: its connection is closed and it is refused from then on.
+    std::fs::write(&config, format!("{preamble}{st2_text}{tail}")).expect("write site");
+    hangup(&child);
+    let closed = st1.idle(Duration::from_secs(5)).await;
+    assert!(
+        matches!(
+            closed,
+            Err(ClientError::Closed) | Err(ClientError::Connect(_))
+        ),
+        "ST-1 disconnected by the reload: {closed:?}"
+    );
+    assert!(connects_within(port, "ST-1", false).await.is_none());
+    st2.idle(Duration::from_millis(500))
+        .await
+        .expect("ST-2 stays connected");
+    st2.close().await;
+
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let status = child.wait().expect("exits");
+    assert!(status.success(), "graceful shutdown: {status}");
 }

@@ -30,7 +30,7 @@ pub(super) async fn run<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (commands_tx, mut commands) = mpsc::channel(shared.config.command_queue);
+    let (commands_tx, mut commands) = mpsc::channel(shared.config().command_queue);
     let handle = register(&shared, &station_id, version, commands_tx);
     let mut handlers = Handlers::new(shared.clone(), handle.clone(), admission);
     handlers.connected();
@@ -39,14 +39,14 @@ pub(super) async fn run<S>(
         version,
         Role::Csms,
         EndpointConfig {
-            call_timeout: shared.config.call_timeout,
+            call_timeout: shared.config().call_timeout,
             ..EndpointConfig::default()
         },
     );
     let mut pending: HashMap<CallId, oneshot::Sender<Result<Value, CallError>>> = HashMap::new();
     let (mut sink, mut stream) = ws.split();
-    let ping_every = shared.config.ping_interval;
-    let write_timeout = shared.config.call_timeout;
+    let ping_every = shared.config().ping_interval;
+    let write_timeout = shared.config().call_timeout;
     let mut last_heard = Instant::now();
     let close_reason: &str;
     // Two timers for the whole connection, re-armed only when their deadline changes: creating

@@ -193,7 +193,7 @@ impl Handlers {
     }
 
     fn heartbeat_secs(&self) -> i32 {
-        i32::try_from(self.shared.config.heartbeat_interval.as_secs()).unwrap_or(i32::MAX)
+        i32::try_from(self.shared.config().heartbeat_interval.as_secs()).unwrap_or(i32::MAX)
     }
 
     // ---------------------------------------------------------------- sessions, both versions
@@ -604,7 +604,7 @@ impl Handlers {
     }
 
     fn id_tag_info_v16(&self, id_tag: &str) -> v16::IdTagInfo {
-        let accepted = self.shared.config.authorization.accepts(id_tag);
+        let accepted = self.shared.config().authorization.accepts(id_tag);
         v16::IdTagInfo {
             expiry_date: None,
             parent_id_tag: None,
@@ -794,7 +794,7 @@ impl Handlers {
     }
 
     fn id_token_info(&self, token: &str) -> v201::IdTokenInfo {
-        let accepted = self.shared.config.authorization.accepts(token);
+        let accepted = self.shared.config().authorization.accepts(token);
         v201::IdTokenInfo {
             status: if accepted {
                 v201::AuthorizationStatusEnum::Accepted

@@ -31,9 +31,9 @@ pub struct Accepted {
 // tungstenite's handshake callback returns its `ErrorResponse` by value; boxing is not an option.
 #[allow(clippy::result_large_err)]
 pub(super) async fn accept(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
-    let config = super::websocket_config(shared.config.max_frame_bytes);
+    let config = super::websocket_config(shared.config().max_frame_bytes);
     let mut accepted = None;
-    let directory = shared.directory.clone();
+    let directory = shared.directory();
     let callback = |request: &Request, response: Response| {
         let result = check_request(request, directory.as_ref());
         match result {

@@ -202,8 +202,10 @@ impl StationHandle {
 }
 
 pub(crate) struct Shared {
-    pub config: CsmsConfig,
-    pub directory: Arc<dyn StationDirectory>,
+    /// Replaced when the site file is reloaded; a connection reads it when it needs it.
+    settings: std::sync::RwLock<Arc<CsmsConfig>>,
+    /// Replaced when the site file is reloaded; a handshake checks the one in force.
+    directory: std::sync::RwLock<Arc<dyn StationDirectory>>,
     pub state: Arc<Mutex<SiteState>>,
     pub store: Arc<dyn Store>,
     pub clock: Clock,
@@ -217,6 +219,20 @@ impl Shared {
     pub fn state(&self) -> MutexGuard<'_, SiteState> {
         // A panic while holding the lock would be a bug; the state itself stays usable.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn config(&self) -> Arc<CsmsConfig> {
+        self.settings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn directory(&self) -> Arc<dyn StationDirectory> {
+        self.directory
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn registry(&self) -> MutexGuard<'_, HashMap<String, StationHandle>> {
@@ -243,8 +259,8 @@ impl Csms {
         loadstar_ocpp::schema::warm_up(OcppVersion::V201);
         Csms {
             shared: Arc::new(Shared {
-                config,
-                directory,
+                settings: std::sync::RwLock::new(Arc::new(config)),
+                directory: std::sync::RwLock::new(directory),
                 state,
                 store,
                 clock,
@@ -258,6 +274,49 @@ impl Csms {
     /// The handle of a connected station.
     pub fn station(&self, station_id: &str) -> Option<StationHandle> {
         self.shared.registry().get(station_id).cloned()
+    }
+
+    /// Applies a reloaded site file's CSMS settings and station directory: handshakes from now
+    /// on check the new credentials and list, new connections take the new settings, id tags
+    /// are authorized against the new list. A connected station whose standing changed is
+    /// disconnected, so it dials again under the new file: one the file no longer lists (it is
+    /// refused, or held at the unknown-station current if unknown stations are allowed), and
+    /// an unknown one the file now lists (it authenticates as that station). The others stay
+    /// connected; a changed password applies from their next connection. Returns the ids of
+    /// the stations disconnected.
+    pub fn reload(&self, config: CsmsConfig, directory: Arc<dyn StationDirectory>) -> Vec<String> {
+        *self
+            .shared
+            .settings
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
+        *self
+            .shared
+            .directory
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = directory.clone();
+        // Registry before state, as everywhere in the CSMS.
+        let registry = self.shared.registry();
+        let state = self.shared.state();
+        let mut dropped = Vec::new();
+        for (id, handle) in registry.iter() {
+            let was_known = state.stations.get(id).is_some_and(|s| s.known);
+            let listed = matches!(
+                directory.admit(id, None),
+                Admission::Known | Admission::Unauthorized
+            );
+            if was_known != listed {
+                if listed {
+                    info!(station = %id, "unknown station now in the site file: disconnected to authenticate");
+                } else {
+                    info!(station = %id, "station no longer in the site file: disconnected");
+                }
+                handle.closer.notify_one();
+                dropped.push(id.clone());
+            }
+        }
+        dropped.sort();
+        dropped
     }
 
     /// The handles of these stations (`None` where not connected), under one lock.

@@ -151,7 +151,7 @@ async fn setup_v16(
         caps.refused.push(format!("{key}: unknown key"));
     }
 
-    let interval = shared.config.meter_interval.as_secs().max(1).to_string();
+    let interval = shared.config().meter_interval.as_secs().max(1).to_string();
     for (key, value) in [
         ("MeterValuesSampledData", MEASURANDS.to_owned()),
         ("MeterValueSampleInterval", interval),
@@ -189,7 +189,7 @@ async fn setup_v16(
                     charging_rate_unit: v16::ChargingRateUnitType::A,
                     charging_schedule_period: vec![v16::ChargingSchedulePeriod {
                         start_period: 0,
-                        limit: one_decimal(shared.config.unknown_station_current_a),
+                        limit: one_decimal(shared.config().unknown_station_current_a),
                         number_phases: None,
                     }],
                     min_charging_rate: None,
@@ -248,7 +248,7 @@ async fn setup_v201(
         }
     }
 
-    let interval = shared.config.meter_interval.as_secs().max(1).to_string();
+    let interval = shared.config().meter_interval.as_secs().max(1).to_string();
     let settings = [
         (
             "SampledDataCtrlr",
@@ -299,7 +299,7 @@ async fn setup_v201(
                     charging_rate_unit: v201::ChargingRateUnitEnum::A,
                     charging_schedule_period: vec![v201::ChargingSchedulePeriod {
                         start_period: 0,
-                        limit: one_decimal(shared.config.unknown_station_current_a),
+                        limit: one_decimal(shared.config().unknown_station_current_a),
                         ..Default::default()
                     }],
                     ..Default::default()
