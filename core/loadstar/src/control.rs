@@ -63,6 +63,10 @@ const CONFIRM_TIMEOUT: TimeDelta = TimeDelta::seconds(5);
 const FAILSAFE_EVERY: TimeDelta = TimeDelta::seconds(2);
 /// Decisions kept per EVSE for "why did EVSE 7 get 6 A?".
 pub const DECISIONS_KEPT: usize = 32;
+
+/// How far ahead the fallback budget honours announced limits (a dead controller cannot lower
+/// the fallbacks when an event starts).
+const FALLBACK_LOOKAHEAD: TimeDelta = TimeDelta::hours(1);
 /// A station clock this far from ours (s) is not trusted with absolute times.
 pub const CLOCK_AGREEMENT_S: i64 = 60;
 /// Samples above the setpoint before a station counts as non-compliant.
@@ -1697,7 +1701,8 @@ impl Inner {
             due
         };
         if failsafe_due {
-            sends.extend(self.failsafe(&site, &config, &stations, &evses, &mut links, now));
+            sends
+                .extend(self.failsafe(&site, &config, &limits, &stations, &evses, &mut links, now));
         }
         drop(links);
 
@@ -1882,18 +1887,33 @@ impl Inner {
     }
 
     /// The fallback profiles: the budget per node, who keeps the minimum, the sends.
+    #[allow(clippy::too_many_arguments)]
     fn failsafe(
         &self,
         site: &SiteConfig,
         config: &ControlConfig,
+        limits: &[ExternalLimit],
         stations: &[StationView<'_>],
         evses: &[EvseView],
         links: &mut HashMap<String, StationLink>,
         now: DateTime<Utc>,
     ) -> Vec<Send> {
+        // The budget keeps every limit (demand response, operator, policies) in force now or
+        // starting within FALLBACK_LOOKAHEAD, not just the physical one: a controller that
+        // dies during an event, or just before one, must leave the site within it. The
+        // failsafe runs every few seconds, so the budget follows the limits while it lives.
+        let in_force = |id: &str, physical: PerLine| {
+            let from = now.timestamp();
+            planner::lowest_limit(
+                physical,
+                &limit_constraints(limits, id),
+                from,
+                from + FALLBACK_LOOKAHEAD.num_seconds(),
+            )
+        };
         let mut nodes = vec![BudgetNode {
             parent: None,
-            limit: site.grid_limit(),
+            limit: in_force(GRID_ID, site.grid_limit()),
         }];
         let ids: Vec<&str> = std::iter::once(GRID_ID)
             .chain(site.circuits().iter().map(|c| c.id.as_str()))
@@ -1901,7 +1921,7 @@ impl Inner {
         for c in site.circuits() {
             nodes.push(BudgetNode {
                 parent: ids.iter().position(|i| *i == c.parent),
-                limit: c.limit_a,
+                limit: in_force(&c.id, c.limit_a),
             });
         }
         let rotation = {

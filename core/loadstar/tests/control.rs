@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use loadstar::control::ControlConfig;
 use loadstar::simulate::{self, SimulateOptions, SimulatedSite};
 use loadstar::site::SiteConfig;
+use loadstar_optimizer::model::PerLine;
 use loadstar_sims::drive::{self, DriveConfig, Report};
 use loadstar_sims::scenario::{self, Plan};
 use loadstar_sims::station::SimClock;
@@ -814,6 +815,87 @@ async fn a_stopped_controller_leaves_the_site_on_its_fallbacks_and_a_restart_res
         v.total_amp_s, 0.0,
         "no excess: before, during (fallbacks only) or after the stop: {v:?}"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stopped_controller_leaves_the_site_within_a_demand_response_limit() {
+    logs();
+    // 6 stations on a 60 A connection; a 20 A demand-response event is announced, the
+    // controller dies before it starts: the fallbacks alone must keep the site within 20 A
+    // once it does, not within 60 A.
+    let groups = format!(
+        "{}{}",
+        group("Q16", 3, "1.6", ""),
+        group("Q201", 3, "2.0.1", "")
+    )
+    .replace("arrival_soc = 0.4", "arrival_soc = 0.1")
+    .replace("target_soc = 0.6", "target_soc = 1.0");
+    let plan = scenario("dr-stop", 60.0, 2, "", &groups);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let options = SimulateOptions::new(dir.path().to_path_buf());
+    let mut site = simulate::start(&plan, &options)
+        .await
+        .expect("controller starts");
+    let meter = site.meter.clone();
+    let mut readings = meter.subscribe();
+    let clock = loadstar::clock::Clock::virtual_from(plan.start);
+    let at = |hh: i64, mm: i64| plan.start + chrono::Duration::minutes(hh * 60 + mm);
+    let drive = drive::run(
+        &plan,
+        site.dialer(),
+        SimClock::starting_at(plan.start),
+        &meter,
+        DriveConfig {
+            control_tick: options.tick,
+            ..DriveConfig::default()
+        },
+    );
+    let base_a = 2300.0 / 230.0 / 3.0;
+    let story = async {
+        sleep_until(&clock, at(0, 40)).await;
+        let charging = *readings.borrow_and_update();
+        site.server
+            .controller
+            .set_limit(loadstar::control::ExternalLimit {
+                source: "dr:test".into(),
+                node: loadstar::site::GRID_ID.into(),
+                limit: PerLine::new(20.0, 20.0, 20.0),
+                from: at(0, 50),
+                until: at(2, 0),
+                reason: "test event".into(),
+            })
+            .expect("a valid limit");
+        // The failsafe (every 2 s) lowers the fallbacks ahead of the event; then it dies.
+        sleep_until(&clock, at(0, 42)).await;
+        let sample = async {
+            // From the event's start (every dynamic profile ran out by then, validity 300 s)
+            // to the restart.
+            sleep_until(&clock, at(0, 50)).await;
+            let mut worst = PerLine::ZERO;
+            while clock.now() < at(1, 1) {
+                worst = worst.max(readings.borrow_and_update().amps);
+                clock.sleep(Duration::from_secs(1)).await;
+            }
+            worst
+        };
+        let (restart, worst) = tokio::join!(site.restart(Duration::from_secs(20 * 60)), sample);
+        restart.expect("the controller starts again");
+        (charging, worst)
+    };
+    let (report, (charging, worst)) = tokio::join!(drive, story);
+    assert!(
+        charging.amps.0.iter().any(|a| *a > 25.0),
+        "the cars drew more than the event allows before it: {charging:?}"
+    );
+    assert!(
+        worst.0.iter().all(|a| *a <= 20.0 + 1e-6),
+        "on fallbacks alone the site stays within the 20 A event: {worst:?}"
+    );
+    assert!(
+        worst.0.iter().any(|a| *a >= base_a + 5.5),
+        "EVSEs within the budget keep charging: {worst:?}"
+    );
+    assert_no_controller_excess(&report);
 }
 
 /// (station, transaction) of every session the controller's state holds.
