@@ -1797,7 +1797,6 @@ impl Inner {
         }
     }
 
-    /// Copies what the tick needs out of the site state.
     /// The key a station's model is known by in the store (`model:<vendor>/<model>`).
     fn model_key(&self, station: &str) -> Option<String> {
         let state = lock(&self.state);
@@ -1805,6 +1804,7 @@ impl Inner {
         Some(format!("model:{}/{}", boot.vendor, boot.model))
     }
 
+    /// Copies what the tick needs out of the site state.
     fn gather<'a>(
         &self,
         site: &'a SiteConfig,
