@@ -79,6 +79,13 @@ const UNDERDRAW_A: f64 = 2.0;
 const CAP_RETEST: TimeDelta = TimeDelta::seconds(120);
 /// How much a re-test raises it (A).
 const CAP_RETEST_STEP_A: f64 = 2.0;
+/// Below this (A) an EV offered its minimum or more takes no current.
+const IDLE_A: f64 = 0.5;
+/// Settled readings in a row of an EV taking no current before its share goes to the others
+/// (full, or waiting on its own timer).
+const IDLE_SAMPLES: u32 = 2;
+/// How long an EV that takes no current stays at 0 A before it is offered its share again.
+const IDLE_RETEST: TimeDelta = TimeDelta::minutes(10);
 
 /// How the loop runs; from the site file's `[control]`.
 #[derive(Debug, Clone)]
@@ -286,6 +293,10 @@ struct EvseLink {
     learned_cap: Option<(f64, DateTime<Utc>)>,
     /// A raise after 0 A that the EV did not follow was re-sent once (go-e).
     raise_resent: bool,
+    /// Settled readings in a row showing no current although the EV was offered some.
+    zero_samples: u32,
+    /// Since when the EV, taking no current, is left at 0 A (its share goes to the others).
+    idle_since: Option<DateTime<Utc>>,
     ev_phases: u8,
     decisions: VecDeque<Decision>,
 }
@@ -1132,6 +1143,17 @@ impl Inner {
                 link_quirk(link, &s.config.id, "ignores the first raise after 0 A");
                 continue;
             }
+            if accepted >= min && amps < IDLE_A {
+                // Offered at least its minimum and taking nothing: full, or waiting on its
+                // own timer. Its share is not left unused.
+                l.zero_samples += 1;
+                if l.zero_samples >= IDLE_SAMPLES && l.idle_since.is_none() {
+                    debug!(station = %e.key.station, evse = e.key.evse, offered_a = accepted, "EV takes no current: its share goes to the others until it is offered again");
+                    l.idle_since = Some(now);
+                }
+                continue;
+            }
+            l.zero_samples = 0;
             if amps + UNDERDRAW_A < accepted && amps >= min * 0.5 {
                 let cap = (amps + 1.0).ceil();
                 if l.learned_cap.is_none_or(|(c, _)| cap < c) {
@@ -1141,6 +1163,13 @@ impl Inner {
             }
         }
         for l in links.values_mut().flat_map(|s| s.evses.values_mut()) {
+            if l.idle_since
+                .is_some_and(|since| now >= since + IDLE_RETEST || now < since)
+            {
+                // Offered its share again: a car that wants energy after all takes it.
+                l.idle_since = None;
+                l.zero_samples = 0;
+            }
             if let Some((cap, since)) = l.learned_cap
                 && now >= since + CAP_RETEST
             {
@@ -1302,6 +1331,18 @@ impl Inner {
             {
                 // A policy switched it off: 0 A, sent like any decrease (break before make).
                 switched_off.push((i, why));
+                continue;
+            }
+            if fixed.is_none()
+                && let Some(since) = l.idle_since
+            {
+                switched_off.push((
+                    i,
+                    format!(
+                        "EV takes no current (full or waiting): offered again at {}",
+                        since + IDLE_RETEST
+                    ),
+                ));
                 continue;
             }
             if fixed.is_none() {

@@ -131,6 +131,18 @@ fn controller_quirks(r: &Run, station: &str) -> Vec<String> {
     r.site.server.controller.station_quirks(station)
 }
 
+/// (id tag, delivered kWh, requested kWh) of every visit to a station whose id starts with
+/// `prefix` (the report lists vehicles in visit order).
+fn visits_at<'a>(plan: &Plan, report: &'a Report, prefix: &str) -> Vec<&'a (String, f64, f64)> {
+    assert_eq!(plan.visits.len(), report.vehicles.len());
+    plan.visits
+        .iter()
+        .zip(&report.vehicles)
+        .filter(|(visit, _)| plan.stations[visit.station].config.id.starts_with(prefix))
+        .map(|(_, v)| v)
+        .collect()
+}
+
 fn assert_no_controller_excess(r: &Report) {
     let v = &r.kpis.violations;
     assert_eq!(v.controller_amp_s, 0.0, "controller-caused excess: {v:?}");
@@ -190,6 +202,79 @@ async fn a_mixed_fleet_stays_under_the_limit_and_every_car_gets_its_energy() {
             "{prefix}: {evses:?}"
         );
     }
+}
+
+/// A `[[stations]]` group of three-phase cars with their own needs.
+fn cars(prefix: &str, count: u32, capacity_kwh: f64, arrival_soc: f64, target_soc: f64) -> String {
+    format!(
+        r#"
+[[stations]]
+id_prefix = "{prefix}"
+count = {count}
+version = "1.6"
+wiring = "rotated"
+hardware_max_a = 32
+
+[[vehicles]]
+at = "{prefix}"
+count = {count}
+arrive = {{ from = "00:05", to = "00:10" }}
+depart = {{ from = "01:55", to = "02:00" }}
+capacity_kwh = {capacity_kwh}
+arrival_soc = {arrival_soc}
+target_soc = {target_soc}
+one_phase_share = 0
+max_a = 32
+"#
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_car_leaves_its_share_to_the_others() {
+    // 30 A (26.7 A left beside the building) for four cars: two are full after minutes and
+    // keep their sessions, two want far more than they can get.
+    let groups = format!(
+        "{}{}",
+        cars("FULL", 2, 40.0, 0.40, 0.42),
+        cars("BIG", 2, 80.0, 0.10, 0.90)
+    );
+    let plan = scenario("full", 30.0, 2, "", &groups);
+    let r = run(&plan).await;
+    assert_no_controller_excess(&r.report);
+    let delivered = |prefix: &str| -> Vec<f64> {
+        visits_at(&plan, &r.report, prefix)
+            .iter()
+            .map(|v| v.1)
+            .collect()
+    };
+    let full = delivered("FULL");
+    assert_eq!(full.len(), 2);
+    for f in &full {
+        assert!(
+            (f - 0.8).abs() < 0.05,
+            "a small car got its 0.8 kWh: {full:?}"
+        );
+    }
+    // Sharing 26.7 A four ways leaves each big car about 6.7 A (8.8 kWh in ~1 h 50 min); with
+    // the full cars' shares, about 13.3 A (17.6 kWh less the minutes the small cars charged).
+    let big = delivered("BIG");
+    assert_eq!(big.len(), 2);
+    for b in &big {
+        assert!(*b > 14.0, "a big car got the full cars' shares: {big:?}");
+    }
+    let evses = r.site.server.controller.report();
+    let full = evses
+        .iter()
+        .find(|e| e.key.station.starts_with("FULL"))
+        .expect("a full car's EVSE");
+    assert!(
+        full.decisions.iter().any(|d| d
+            .held
+            .as_deref()
+            .is_some_and(|h| h.contains("takes no current"))),
+        "the reason is recorded: {:#?}",
+        full.decisions
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -259,7 +344,9 @@ async fn a_station_that_stops_answering_blocks_nobody_else() {
     let r = run(&plan).await;
     assert_no_controller_excess(&r.report);
     // The others kept being reallocated and charged to their targets.
-    for (tag, delivered, requested) in r.report.vehicles.iter().filter(|v| v.0.contains("OK")) {
+    let others = visits_at(&plan, &r.report, "OK");
+    assert_eq!(others.len(), 5);
+    for (tag, delivered, requested) in others {
         assert!(
             delivered + 0.05 >= *requested,
             "{tag}: {delivered} of {requested}"
