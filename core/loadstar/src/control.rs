@@ -101,6 +101,10 @@ pub struct ControlConfig {
     pub fallback_rotation: Duration,
     /// How often the horizon plan is made again when nothing changed.
     pub plan_interval: Duration,
+    /// Shortest pause or charging run of one EV, s (the allocator's dwell).
+    pub dwell_s: i64,
+    /// How long an EV charges before the fairness rotation may pause it, s.
+    pub turn_s: i64,
     /// A station measurement older than this is stale.
     pub stale_after: Duration,
     /// Whether a grid meter is configured (without one, the worst case is the uncontrolled
@@ -122,6 +126,8 @@ impl ControlConfig {
             noncompliance_tolerance_a: c.noncompliance_tolerance_a,
             fallback_rotation: Duration::from_secs(c.fallback_rotation_s),
             plan_interval: Duration::from_secs(c.plan_interval_s),
+            dwell_s: c.dwell_s as i64,
+            turn_s: c.turn_s as i64,
             stale_after: site.csms().meter_interval() * 3,
             has_grid_meter: c.grid_meter.is_some(),
         }
@@ -1435,6 +1441,8 @@ impl Inner {
         policy::apply(&mut problem_evses, &rules);
         let mut problem = Problem::new(nodes, problem_evses, now_s);
         problem.rotation = lock(&self.rotation).clone();
+        problem.dwell_s = config.dwell_s;
+        problem.turn_s = config.turn_s;
         let mut allocation = match allocate::allocate(&problem) {
             Ok(a) => a,
             Err(e) => {

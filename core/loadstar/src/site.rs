@@ -341,6 +341,11 @@ pub struct ControlSettings {
     pub fallback_rotation_s: u64,
     /// How often the horizon plan is made again even when nothing changed, s.
     pub plan_interval_s: u64,
+    /// Shortest time between pausing and resuming one EV (and the other way round), s.
+    pub dwell_s: u64,
+    /// When more EVs wait than the site can charge at their minimum: how long one charges
+    /// before it is paused for a waiting one (at least `dwell_s`), s.
+    pub turn_s: u64,
     /// `[[control.fleet]]`: what known vehicles need, by id tag (for stations and EVs that do
     /// not say it themselves).
     pub fleet: Vec<FleetNeeds>,
@@ -371,6 +376,8 @@ impl Default for ControlSettings {
             noncompliance_tolerance_a: 2.0,
             fallback_rotation_s: 900,
             plan_interval_s: 300,
+            dwell_s: loadstar_optimizer::allocate::DEFAULT_DWELL_S as u64,
+            turn_s: loadstar_optimizer::allocate::DEFAULT_TURN_S as u64,
             fleet: Vec::new(),
         }
     }

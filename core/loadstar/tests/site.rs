@@ -1701,6 +1701,24 @@ fn control_defaults_and_settings() {
 }
 
 #[test]
+fn control_dwell_and_turn() {
+    let d = ok(BASE).control().clone();
+    assert_eq!((d.dwell_s, d.turn_s), (300, 900));
+    let c = ok(&format!(
+        "{BASE}\n[control]\ndwell_s = 120\nturn_s = 1800\n"
+    ));
+    assert_eq!((c.control().dwell_s, c.control().turn_s), (120, 1800));
+    let text = format!("{BASE}\n[control]\ndwell_s = 600\nturn_s = 300\n");
+    let e = errs(&text);
+    assert_err(
+        &e,
+        "control.turn_s",
+        line_of(&text, "turn_s = 300"),
+        "at least dwell_s (600)",
+    );
+}
+
+#[test]
 fn control_fleet_needs() {
     assert!(ok(BASE).control().fleet.is_empty());
     assert_eq!(ok(BASE).control().plan_interval_s, 300);

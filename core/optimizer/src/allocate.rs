@@ -30,10 +30,10 @@
 //!    less energy, id), every EVSE not held by dwell (paused at least `dwell_s` ago, or paused
 //!    for safety in step 1) is added to the set when its minimum fits.
 //! 3. *Fairness rotation.* A waiting EVSE (paused at least `dwell_s` ago, minimum does not fit)
-//!    swaps with the first charging EVSE in pause order that may pause, has been charging at
-//!    least `dwell_s`, and has lower priority, or equal priority and strictly more `energy_wh`,
-//!    provided the minimums fit after the swap. Every EVSE takes part in at most one swap per
-//!    tick. Step 2 then runs once more.
+//!    swaps with the first charging EVSE in pause order that may pause, has had its turn
+//!    (charging at least `turn_s`, and at least `dwell_s`), and has lower priority, or equal
+//!    priority and strictly more `energy_wh`, provided the minimums fit after the swap. Every
+//!    EVSE takes part in at most one swap per tick. Step 2 then runs once more.
 //! 4. *Weighted max-min water-filling* on the charging set: EVSE `i` gets
 //!    `clamp(weight_i · L, min_i, cap_i)` for a common level `L`, raised until a constraint is
 //!    tight or everyone is at its cap (`max_a`, or the plan's target: see [`Evse::plan_a`]).
@@ -70,6 +70,10 @@ use crate::model::{Line, PerLine, StationCircuit};
 
 /// Default minimum time between pausing and resuming one EVSE, in seconds.
 pub const DEFAULT_DWELL_S: i64 = 300;
+/// Default turn: how long an EVSE charges before the rotation may pause it for a waiting one,
+/// in seconds. Every swap leaves the waiting EVSE's minimum unused for a ramp or two (break
+/// before make), so turns longer than the dwell lose less energy.
+pub const DEFAULT_TURN_S: i64 = 900;
 
 /// The IEC 61851 minimum AC charging current (A), below which a charger pauses.
 pub const DEFAULT_MIN_A: f64 = 6.0;
@@ -268,6 +272,9 @@ pub struct Problem {
     pub now_s: i64,
     /// Minimum time between pause and resume of one EVSE ([`DEFAULT_DWELL_S`]).
     pub dwell_s: i64,
+    /// How long an EVSE charges before the fairness rotation may pause it ([`DEFAULT_TURN_S`];
+    /// never less than `dwell_s`).
+    pub turn_s: i64,
     /// The rotation returned by the previous tick (empty at start).
     pub rotation: Rotation,
 }
@@ -280,6 +287,7 @@ impl Problem {
             evses,
             now_s,
             dwell_s: DEFAULT_DWELL_S,
+            turn_s: DEFAULT_TURN_S,
             rotation: Rotation::new(),
         }
     }
@@ -400,10 +408,14 @@ pub fn allocate(problem: &Problem) -> Result<Allocation, AllocateError> {
     // Previous state: paused, and whether dwell still locks it in that state.
     let mut was_paused = vec![false; n];
     let mut locked = vec![false; n];
+    let mut turn_over = vec![true; n];
+    let turn_s = problem.turn_s.max(problem.dwell_s);
     for &i in &valid {
         if let Some(entry) = previous[i] {
+            let since = problem.now_s.saturating_sub(entry.since_s);
             was_paused[i] = entry.paused;
-            locked[i] = problem.now_s.saturating_sub(entry.since_s) < problem.dwell_s;
+            locked[i] = since < problem.dwell_s;
+            turn_over[i] = since >= turn_s;
         }
     }
     // The plan idles an EVSE this slot unless it must not pause or dwell holds it charging.
@@ -454,7 +466,7 @@ pub fn allocate(problem: &Problem) -> Result<Allocation, AllocateError> {
     let partners: Vec<usize> = pause_order
         .iter()
         .copied()
-        .filter(|&c| set.charging[c] && !was_paused[c] && !locked[c] && evses[c].may_pause)
+        .filter(|&c| set.charging[c] && !was_paused[c] && turn_over[c] && evses[c].may_pause)
         .collect();
     for &w in &resume_order {
         if !waiting(w, &set) {

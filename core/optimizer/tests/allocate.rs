@@ -2,8 +2,8 @@
 //! rotation over simulated ticks, and properties on random trees.
 
 use loadstar_optimizer::allocate::{
-    AllocateError, Allocation, Binding, Evse, EvseLimits, LimitConstraint, Node, PauseReason,
-    Problem, Rotation, RotationEntry, allocate, effective_limit, uncontrolled_load,
+    AllocateError, Allocation, Binding, DEFAULT_TURN_S, Evse, EvseLimits, LimitConstraint, Node,
+    PauseReason, Problem, Rotation, RotationEntry, allocate, effective_limit, uncontrolled_load,
 };
 use loadstar_optimizer::model::{ElectricalModel, Line, PerLine, StationCircuit, StationWiring};
 use proptest::prelude::*;
@@ -754,6 +754,12 @@ fn structural_errors() {
 
 #[test]
 fn hundred_evs_on_63_a_rotate_fairly() {
+    // A turn as long as the dwell, and the default turn three times as long.
+    rotate_fairly(300);
+    rotate_fairly(DEFAULT_TURN_S);
+}
+
+fn rotate_fairly(turn_s: i64) {
     let evses: Vec<Evse> = (0..100)
         .map(|k| evse(&format!("ev-{k:03}"), 0, three_phase(), 6.0, 32.0))
         .collect();
@@ -762,14 +768,31 @@ fn hundred_evs_on_63_a_rotate_fairly() {
         evses,
         0,
     );
+    problem.turn_s = turn_s;
     let mut charged = [false; 100];
     let mut first_all_charged = None;
-    for tick in 0..80 {
+    let mut charging_since: [Option<i64>; 100] = [None; 100];
+    for tick in 0..16 * turn_s / 60 {
         let alloc = run(&problem);
         check_invariants(&problem, &alloc).unwrap();
         let charging: Vec<usize> = (0..100)
             .filter(|&k| is_charging(&alloc.setpoints[k].bound))
             .collect();
+        // Nobody loses the charger before its turn is over.
+        for (k, since) in charging_since.iter_mut().enumerate() {
+            match (charging.contains(&k), *since) {
+                (true, None) => *since = Some(problem.now_s),
+                (false, Some(t)) => {
+                    assert!(
+                        problem.now_s - t >= turn_s,
+                        "ev {k} paused after {} s of a {turn_s} s turn",
+                        problem.now_s - t
+                    );
+                    *since = None;
+                }
+                _ => {}
+            }
+        }
         assert!(charging.len() <= 10, "tick {tick}: {}", charging.len());
         assert_eq!(charging.len(), 10, "work conservation at tick {tick}");
         for (k, s) in alloc.setpoints.iter().enumerate() {
@@ -794,10 +817,10 @@ fn hundred_evs_on_63_a_rotate_fairly() {
     }
     // 100 EVs, 10 at a time, one swap per dwell period: everyone within 10 periods (+1 slack).
     let t = first_all_charged.expect("every EV charged at some point");
-    assert!(t <= 11 * problem.dwell_s, "all charged only at {t} s");
+    assert!(t <= 11 * turn_s, "all charged only at {t} s");
 
     // Energy spread stays bounded: nobody is more than two turns ahead of anybody else.
-    let turn = 6.3 * 3.0 * 230.0 * (problem.dwell_s as f64) / 3600.0;
+    let turn = 6.3 * 3.0 * 230.0 * (turn_s as f64) / 3600.0;
     let (lo, hi) = problem
         .evses
         .iter()

@@ -77,6 +77,8 @@ const CONTROL_KEYS: &[&str] = &[
     "noncompliance_tolerance_a",
     "fallback_rotation_s",
     "plan_interval_s",
+    "dwell_s",
+    "turn_s",
     "fleet",
 ];
 const FLEET_KEYS: &[&str] = &["id_tags", "departure", "energy_kwh"];
@@ -1440,6 +1442,21 @@ fn read_control(root: &Table<'_, '_>, d: &mut Diag<'_>) -> Option<ControlSetting
     let tolerance = num_setting(&t, "noncompliance_tolerance_a", 0.5, 32.0, 2.0, d);
     let rotation = int_setting(&t, "fallback_rotation_s", 60, 86_400, 900, d);
     let plan_interval = int_setting(&t, "plan_interval_s", 30, 86_400, 300, d);
+    let dwell = int_setting(&t, "dwell_s", 0, 3_600, defaults.dwell_s as i64, d);
+    let turn = match (
+        dwell,
+        int_setting(&t, "turn_s", 60, 86_400, defaults.turn_s as i64, d),
+    ) {
+        (Some(dwell), Some(turn)) if turn < dwell => {
+            d.error(
+                t.key_span("turn_s"),
+                t.field("turn_s"),
+                format!("must be at least dwell_s ({dwell}), got {turn}"),
+            );
+            None
+        }
+        (_, turn) => turn,
+    };
     let fleet = read_fleet(&t, d);
     Some(ControlSettings {
         tick_ms: tick? as u64,
@@ -1453,6 +1470,8 @@ fn read_control(root: &Table<'_, '_>, d: &mut Diag<'_>) -> Option<ControlSetting
         noncompliance_tolerance_a: tolerance?,
         fallback_rotation_s: rotation? as u64,
         plan_interval_s: plan_interval? as u64,
+        dwell_s: dwell? as u64,
+        turn_s: turn? as u64,
         fleet: fleet?,
     })
 }
