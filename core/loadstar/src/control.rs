@@ -1228,6 +1228,10 @@ impl Inner {
         let mut held: Vec<(usize, f64, &'static str)> = Vec::new();
         let mut planned: Vec<planner::Planned> = Vec::new();
         let mut in_transition = 0usize;
+        // The most each allocated EVSE may draw until its change is done (break before make),
+        // and the same for the EVSEs pausing or switched off, which the allocation leaves out.
+        let mut worst_a: Vec<f64> = Vec::new();
+        let mut leaving: Vec<(usize, PerLine)> = Vec::new();
         let mut switched_off: Vec<(usize, String)> = Vec::new();
         let mut rules: Vec<policy::EvseRule> = Vec::new();
         let unknown_link = EvseLink::default();
@@ -1303,10 +1307,12 @@ impl Inner {
                     held.push((i, amps, why));
                     continue;
                 }
-                Doubt::Transition { to, .. } => {
+                Doubt::Transition { to, at_most } => {
                     in_transition += 1;
                     if to <= 0.0 {
-                        // Pausing: it needs no room once there, and nothing rises meanwhile.
+                        // Pausing: it needs no room once there, but it holds its old share
+                        // until it is done.
+                        leaving.push((i, circuit.line_load(l.ev_phases, at_most)));
                         continue;
                     }
                     Some(to)
@@ -1385,6 +1391,10 @@ impl Inner {
                 plan_a: None,
             });
             problem_keys.push(i);
+            worst_a.push(match doubt {
+                Doubt::Transition { at_most, .. } => at_most,
+                _ => l.accepted.unwrap_or(station_max),
+            });
             rules.push(if fixed.is_none() {
                 rule
             } else {
@@ -1528,7 +1538,7 @@ impl Inner {
         let mut decreases = Vec::new();
         let mut increases = Vec::new();
         let mut renewals = Vec::new();
-        for (k, sp) in problem_keys.iter().zip(&allocation.setpoints) {
+        for (j, (k, sp)) in problem_keys.iter().zip(&allocation.setpoints).enumerate() {
             let e = &evses[*k];
             let s = &stations[e.station];
             let target = one_decimal_down(sp.amps);
@@ -1549,7 +1559,7 @@ impl Inner {
             if target < current - 0.05 {
                 decreases.push((*k, target));
             } else if target > current + hysteresis - 1e-9 || (current == 0.0 && target > 0.0) {
-                increases.push((*k, target));
+                increases.push((*k, target, j));
             } else if due {
                 renewals.push((*k, current.min(target.max(current))));
             }
@@ -1584,29 +1594,62 @@ impl Inner {
                 held: Some(why),
             });
             let current = l.accepted.unwrap_or(s.config.max_current_a);
+            leaving.push((i, s.config.electrical.line_load(l.ev_phases, current)));
             if current > 0.05 {
                 decreases.push((i, 0.0));
             } else if l.sent_at.is_none_or(|t| now >= t + validity / 2) || !l.dynamic {
                 renewals.push((i, 0.0));
             }
         }
-        // Break before make: no increase while a decrease is on its way, in this tick or before.
+        // Break before make: while a decrease is on its way (in this tick or before), only the
+        // increases that fit beside every EVSE at the most it may draw until its change is done
+        // go out; the others wait for the decreases.
         let any_decrease = !decreases.is_empty() || in_transition > 0;
-        if any_decrease && !increases.is_empty() {
-            debug!(
-                decreases = decreases.len(),
-                increases = increases.len(),
-                "break before make: increases wait for the decreases"
-            );
-        }
+        let increases: Vec<(usize, f64)> = if any_decrease && !increases.is_empty() {
+            let mut load: Vec<PerLine> = problem.nodes.iter().map(|n| n.uncontrolled).collect();
+            for (j, k) in problem_keys.iter().enumerate() {
+                let ev = &problem.evses[j];
+                let at = ev.circuit.line_load(ev.ev_phases, worst_a[j]);
+                for &n in &stations[evses[*k].station].path {
+                    load[n] += at;
+                }
+            }
+            for (i, at) in &leaving {
+                for &n in &stations[evses[*i].station].path {
+                    load[n] += *at;
+                }
+            }
+            let limits: Vec<PerLine> = problem.nodes.iter().map(|n| n.limit).collect();
+            let (fit, wait) = increases_that_fit(load, &limits, increases, |k, j| {
+                let ev = &problem.evses[j];
+                (
+                    ev.circuit.line_coefficients(ev.ev_phases),
+                    worst_a[j],
+                    stations[evses[k].station].path.as_slice(),
+                )
+            });
+            if wait > 0 {
+                debug!(
+                    decreases = decreases.len(),
+                    in_transition,
+                    increases = fit.len(),
+                    waiting = wait,
+                    "break before make: increases that do not fit wait for the decreases"
+                );
+            }
+            fit
+        } else {
+            increases
+                .into_iter()
+                .map(|(k, amps, _)| (k, amps))
+                .collect()
+        };
         let mut batch = decreases
             .into_iter()
             .map(|d| (d, Priority::Safety))
             .chain(renewals.into_iter().map(|r| (r, Priority::Control)))
             .collect::<Vec<_>>();
-        if !any_decrease {
-            batch.extend(increases.into_iter().map(|i| (i, Priority::Control)));
-        }
+        batch.extend(increases.into_iter().map(|i| (i, Priority::Control)));
         // A change that was refused or failed is tried again (on the route the refusal moved
         // to) while the EVSE stays held at the most it may draw.
         for (i, _, _) in &held {
@@ -2329,6 +2372,41 @@ impl Inner {
 
 /// The per-phase currents a station reports, on the grid lines its phases land on (a
 /// line-to-line phase loads both lines). `None` when it reports no current.
+/// Break before make, increase by increase: `load` per node is what it may carry until every
+/// change in flight is done (uncontrolled, held, and every EVSE at the most it may draw). An
+/// increase `(evse, to, problem index)` goes out only if its extra draw fits on every node of
+/// its path; the lowest setpoints first. `of` gives an EVSE's line coefficients, what it may
+/// draw now and its path. Returns the increases that go out and how many wait.
+fn increases_that_fit<'p>(
+    mut load: Vec<PerLine>,
+    limits: &[PerLine],
+    increases: Vec<(usize, f64, usize)>,
+    of: impl Fn(usize, usize) -> (PerLine, f64, &'p [usize]),
+) -> (Vec<(usize, f64)>, usize) {
+    let mut fit = Vec::new();
+    let mut wait = 0;
+    let info: Vec<(PerLine, f64, &[usize])> = increases.iter().map(|&(k, _, j)| of(k, j)).collect();
+    let mut order: Vec<usize> = (0..increases.len()).collect();
+    order.sort_by(|&a, &b| info[a].1.total_cmp(&info[b].1).then(a.cmp(&b)));
+    for x in order {
+        let (k, to, _) = increases[x];
+        let (coefficients, now, path) = info[x];
+        let extra = coefficients * (to - now).max(0.0);
+        if path
+            .iter()
+            .all(|&n| (load[n] + extra).fits_within(&limits[n]))
+        {
+            for &n in path {
+                load[n] += extra;
+            }
+            fit.push((k, to));
+        } else {
+            wait += 1;
+        }
+    }
+    (fit, wait)
+}
+
 fn station_lines(circuit: &StationCircuit, phases: &[Option<f64>; 3]) -> Option<PerLine> {
     if phases.iter().all(Option::is_none) {
         return None;
@@ -2406,6 +2484,41 @@ mod tests {
             vec![(Purpose::Tx, 0), (Purpose::StationMax, 0)],
             "TxDefault at level 0 would replace the fallback"
         );
+    }
+
+    #[test]
+    fn only_increases_that_fit_beside_the_changes_in_flight_go_out() {
+        // Two nodes: the grid (60 A per line) and a feeder under it (30 A per line). `load`
+        // counts every EVSE at the most it may draw until its change is done.
+        let load = vec![PerLine([40.0, 40.0, 40.0]), PerLine([26.0, 26.0, 26.0])];
+        let limits = vec![PerLine([60.0, 60.0, 60.0]), PerLine([30.0, 30.0, 30.0])];
+        let three = PerLine([1.0, 1.0, 1.0]);
+        let l2 = PerLine([0.0, 1.0, 0.0]);
+        let grid: &[usize] = &[0];
+        let feeder: &[usize] = &[1, 0];
+        let of = |k: usize, _j: usize| match k {
+            // On the feeder: 6 -> 10 A needs 4 A there (fits exactly), 6 -> 11 A does not.
+            0 => (three, 6.0, feeder),
+            1 => (three, 6.0, feeder),
+            // On the grid node: 8 -> 16 A single-phase on L2 (8 A), 0 -> 12 A three-phase.
+            2 => (l2, 8.0, grid),
+            _ => (three, 0.0, grid),
+        };
+        let increases = vec![(0, 10.0, 0), (1, 11.0, 1), (2, 16.0, 2), (3, 12.0, 3)];
+        let (fit, wait) = increases_that_fit(load, &limits, increases, of);
+        // Lowest setpoint first: EVSE 3 (0 -> 12 A) takes 12 A of the grid's 20; EVSE 0 takes
+        // 4 A more on every line, filling the feeder; EVSE 1 would overload the feeder, and
+        // EVSE 2's 8 A on L2 no longer fits in the grid's 4 A left.
+        assert_eq!(fit, vec![(3, 12.0), (0, 10.0)]);
+        assert_eq!(wait, 2);
+
+        // Nothing goes out onto a node that is already over its limit.
+        let over = vec![PerLine([61.0, 10.0, 10.0])];
+        let (fit, wait) = increases_that_fit(over, &limits[..1], vec![(0, 7.0, 0)], |_, _| {
+            (three, 6.0, grid)
+        });
+        assert!(fit.is_empty());
+        assert_eq!(wait, 1);
     }
 
     #[test]
