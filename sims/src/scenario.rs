@@ -258,6 +258,7 @@ enum QuirkSpec {
     DropsProfilesOnReconnect,
     IgnoresRaiseAfterZero,
     IgnoresProfiles,
+    DiscardsProfiles,
     UnsignedCurrents,
 }
 
@@ -527,6 +528,7 @@ fn resolve(spec: File) -> Result<Plan, Failure> {
                 QuirkSpec::DropsProfilesOnReconnect => quirks.drops_profiles_on_reconnect = true,
                 QuirkSpec::IgnoresRaiseAfterZero => quirks.ignores_raise_after_zero = true,
                 QuirkSpec::IgnoresProfiles => quirks.ignores_profiles = true,
+                QuirkSpec::DiscardsProfiles => quirks.discards_profiles = true,
                 QuirkSpec::UnsignedCurrents => quirks.unsigned_currents = true,
             }
         }

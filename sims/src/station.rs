@@ -63,6 +63,9 @@ pub struct Quirks {
     pub ignores_profiles: bool,
     /// Reports current magnitudes without sign.
     pub unsigned_currents: bool,
+    /// Answers Accepted to every SetChargingProfile and installs none (a firmware bug): the
+    /// car may draw the station's max, and its composite schedule says so.
+    pub discards_profiles: bool,
 }
 
 /// What a station is.
@@ -293,6 +296,9 @@ pub struct StationSnapshot {
 pub struct StationSim {
     config: StationConfig,
     store: ProfileStore,
+    /// What a station with `discards_profiles` told the CSMS it installed (for attributing
+    /// its excess to it, not to the controller).
+    claimed: ProfileStore,
     evses: Vec<EvseState>,
     reporting: Reporting,
     heartbeat_s: u32,
@@ -348,6 +354,7 @@ impl StationSim {
             .collect();
         Ok(StationSim {
             store: ProfileStore::new(rules, config.evse_count, max_level),
+            claimed: ProfileStore::new(rules, config.evse_count, max_level),
             config,
             evses,
             reporting: Reporting::default(),
@@ -1249,22 +1256,30 @@ impl StationSim {
         if self.config.quirks.ignores_profiles {
             return vec![self.config.hardware_max_amps; self.evses.len()];
         }
-        self.commanded(now)
+        self.limits_of(&self.store, now)
     }
 
-    /// What the installed profiles allow on every EVSE, shared cap included, before the quirks.
+    /// What the installed profiles allow on every EVSE, shared cap included, before the quirks
+    /// (for a station that discards profiles: what it claimed to install).
     fn commanded(&self, now: DateTime<Utc>) -> Vec<f64> {
+        if self.config.quirks.discards_profiles {
+            return self.limits_of(&self.claimed, now);
+        }
+        self.limits_of(&self.store, now)
+    }
+
+    fn limits_of(&self, store: &ProfileStore, now: DateTime<Utc>) -> Vec<f64> {
         let hw = self.config.hardware_max_amps;
         let circuit = &self.config.circuit;
         let mut own: Vec<f64> = (0..self.evses.len())
             .map(|i| {
                 let tx = self.transaction(i);
-                self.store
+                store
                     .evse_limit_at(self.evses[i].id, now, tx.as_ref(), circuit)
                     .map_or(hw, |l| l.amps.min(hw))
             })
             .collect();
-        let Some(cap) = self.store.station_cap_at(now, circuit) else {
+        let Some(cap) = store.station_cap_at(now, circuit) else {
             return own;
         };
         let mut active: Vec<usize> = (0..self.evses.len())
@@ -1594,6 +1609,14 @@ impl StationSim {
             e if e <= self.config.evse_count => self.transaction(e as usize - 1),
             _ => None,
         };
+        if q.discards_profiles {
+            tracing::info!(station = %self.config.id, evse, id = profile.id,
+                "quirk: charging profile accepted and discarded");
+            return self
+                .claimed
+                .install(evse, profile, tx.as_ref(), now)
+                .map_err(|e| e.to_string());
+        }
         let before = self.targets(now);
         let saved = self.store.clone();
         if let Err(e) = self.store.install(evse, profile.clone(), tx.as_ref(), now) {

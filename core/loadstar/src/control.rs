@@ -16,9 +16,14 @@
 //! - a station found drawing above its setpoint: what it draws;
 //! - a disconnected station with a session: what it last accepted, or its max.
 //!
-//! Break before make: a tick that sends any decrease sends no increase; the next ticks see the
-//! decreases as held at their old values until they are accepted and ramped, so increases only
-//! ever use headroom that is really free. One silent station holds only its own headroom.
+//! Break before make: while any decrease is in flight, an increase goes out only if it fits
+//! beside every EVSE counted at its old value until its decrease is accepted and ramped, so
+//! increases only ever use headroom that is really free. One silent station holds only its own
+//! headroom.
+//!
+//! A station that accepted a profile is read back (GetCompositeSchedule, `verify`) once the
+//! change has settled and every few minutes: one whose composite schedule allows more than its
+//! setpoint is held at that value.
 //!
 //! **Must never** hold a lock across an await, send an increase computed from headroom a
 //! decrease of the same tick frees, or count a station at less than it may draw.
@@ -30,6 +35,7 @@ pub mod plugin_report;
 pub mod policy;
 pub mod profile;
 mod snapshot;
+pub mod verify;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -299,10 +305,17 @@ struct EvseLink {
     learned_cap: Option<(f64, DateTime<Utc>)>,
     /// A raise after 0 A that the EV did not follow was re-sent once (go-e).
     raise_resent: bool,
+    /// The EV drew nothing after a raise from 0 A, which was sent again: if it draws now, the
+    /// station swallowed the first (a full car does not draw either).
+    raise_suspect: bool,
     /// Settled readings in a row showing no current although the EV was offered some.
     zero_samples: u32,
     /// Since when the EV, taking no current, is left at 0 A (its share goes to the others).
     idle_since: Option<DateTime<Utc>>,
+    /// When its composite schedule was last read back.
+    verified_at: Option<DateTime<Utc>>,
+    /// Its composite schedule allows this much, above what it accepted: it does not apply it.
+    unapplied: Option<f64>,
     ev_phases: u8,
     decisions: VecDeque<Decision>,
 }
@@ -315,6 +328,12 @@ impl EvseLink {
             return Doubt::Held(
                 nc.max(known.min(station_max)),
                 "non-compliant: draws above its setpoint",
+            );
+        }
+        if let Some(allowed) = self.unapplied {
+            return Doubt::Held(
+                allowed.max(known),
+                "does not apply its profile: its composite schedule allows more",
             );
         }
         // In doubt, the station may also let its dynamic profile run out and fall back.
@@ -454,6 +473,10 @@ struct StationLink {
     evses: BTreeMap<u32, EvseLink>,
     /// What was learned about the station, for logs and the API.
     quirks: Vec<String>,
+    /// It does not implement GetCompositeSchedule.
+    no_composite: bool,
+    /// A GetCompositeSchedule is in flight (one at a time per station).
+    verifying: bool,
 }
 
 impl StationLink {
@@ -577,6 +600,17 @@ struct StationView<'a> {
     skew_s: Option<i64>,
     /// It said at boot what it is (its model key is looked up once, not every tick).
     booted: bool,
+}
+
+/// One composite schedule to read back.
+struct Verify {
+    station: String,
+    handle: StationHandle,
+    circuit: StationCircuit,
+    evse: u32,
+    /// What the EVSE had accepted when it was asked.
+    expected: f64,
+    ev_phases: u8,
 }
 
 /// One profile to send, with what to update when the answer comes.
@@ -1070,6 +1104,7 @@ impl Inner {
                     info!(station = %s.config.id, "station reconnected: its profiles are sent again");
                 }
                 link.generation = h.generation();
+                link.verifying = false;
                 for l in link.evses.values_mut() {
                     l.fallback_confirmed = false;
                     l.fallback_pending = None;
@@ -1145,7 +1180,12 @@ impl Inner {
                 // A raise from 0 A that the EV does not follow: some stations swallow the
                 // first one (go-e). Send it again once.
                 l.raise_resent = true;
+                l.raise_suspect = true;
                 l.sent_at = None;
+                continue;
+            }
+            if l.raise_suspect && amps >= min * 0.5 {
+                l.raise_suspect = false;
                 link_quirk(link, &s.config.id, "ignores the first raise after 0 A");
                 continue;
             }
@@ -1156,6 +1196,7 @@ impl Inner {
                 if l.zero_samples >= IDLE_SAMPLES && l.idle_since.is_none() {
                     debug!(station = %e.key.station, evse = e.key.evse, offered_a = accepted, "EV takes no current: its share goes to the others until it is offered again");
                     l.idle_since = Some(now);
+                    l.raise_suspect = false;
                 }
                 continue;
             }
@@ -1782,6 +1823,56 @@ impl Inner {
             });
         }
 
+        // Read back what settled: one EVSE per station at a time, on per-EVSE routes (a
+        // station-wide limit is shared out by the station itself).
+        let mut verifies = Vec::new();
+        for s in &stations {
+            let (Some(handle), true) = (&s.handle, s.ready) else {
+                continue;
+            };
+            let Some(link) = links.get_mut(&s.config.id) else {
+                continue;
+            };
+            let per_evse = routes(s.max_level)
+                .get(link.route)
+                .is_some_and(|(p, _)| *p != Purpose::StationMax);
+            if link.no_composite || link.verifying || !per_evse {
+                continue;
+            }
+            let due = link.evses.iter().find_map(|(evse, l)| {
+                let accepted = l.accepted?;
+                let settled = l.changed_at.is_none_or(|c| now >= c + ramp);
+                if l.transaction.is_none()
+                    || l.pending.is_some()
+                    || !l.dynamic
+                    || l.noncompliant.is_some()
+                    || !settled
+                {
+                    return None;
+                }
+                let every = if l.unapplied.is_some() {
+                    verify::VERIFY_AGAIN
+                } else {
+                    verify::VERIFY_EVERY
+                };
+                let due = l.verified_at.is_none_or(|v| {
+                    now >= v + every || now < v || l.changed_at.is_some_and(|c| c > v)
+                });
+                due.then_some((*evse, accepted, l.ev_phases))
+            });
+            if let Some((evse, expected, ev_phases)) = due {
+                link.verifying = true;
+                verifies.push(Verify {
+                    station: s.config.id.clone(),
+                    handle: handle.clone(),
+                    circuit: s.config.electrical,
+                    evse,
+                    expected,
+                    ev_phases,
+                });
+            }
+        }
+
         // The failsafe: recompute the fallback budget and send the changes, every few seconds
         // (it changes with sessions, connections and confirmations, not with every reading).
         let failsafe_due = {
@@ -1801,6 +1892,10 @@ impl Inner {
         for send in sends {
             let inner = self.clone();
             tokio::spawn(async move { inner.send(send).await });
+        }
+        for v in verifies {
+            let inner = self.clone();
+            tokio::spawn(async move { inner.verify(v).await });
         }
     }
 
@@ -2190,6 +2285,80 @@ impl Inner {
     }
 
     /// Sends one profile and folds the answer into the dialogue state.
+    /// Reads an EVSE's composite schedule back and compares it with what it accepted.
+    async fn verify(self: Arc<Self>, v: Verify) {
+        let limit = match v.handle.version() {
+            OcppVersion::V16 => v
+                .handle
+                .call(&verify::request_v16(v.evse), Priority::Control)
+                .await
+                .map(|r| verify::limit_v16(&r, self.clock.now(), &v.circuit, v.ev_phases)),
+            OcppVersion::V201 => v
+                .handle
+                .call(&verify::request_v201(v.evse), Priority::Control)
+                .await
+                .map(|r| verify::limit_v201(&r, self.clock.now(), &v.circuit, v.ev_phases)),
+        };
+        let now = self.clock.now();
+        let mut links = lock(&self.links);
+        let Some(link) = links.get_mut(&v.station) else {
+            return;
+        };
+        if link.generation != v.handle.generation() {
+            return;
+        }
+        link.verifying = false;
+        let limit = match limit {
+            Ok(limit) => limit,
+            Err(CallError::Failed(loadstar_ocpp::CallFailure::Remote(e)))
+                if matches!(
+                    e.code,
+                    Some(loadstar_ocpp::ErrorCode::NotImplemented)
+                        | Some(loadstar_ocpp::ErrorCode::NotSupported)
+                ) =>
+            {
+                link.no_composite = true;
+                link.learn(&v.station, "does not implement GetCompositeSchedule");
+                return;
+            }
+            Err(e) => {
+                debug!(station = %v.station, evse = v.evse, error = %e, "composite schedule not read");
+                if let Some(l) = link.evses.get_mut(&v.evse) {
+                    l.verified_at = Some(now);
+                }
+                return;
+            }
+        };
+        let Some(l) = link.evses.get_mut(&v.evse) else {
+            return;
+        };
+        l.verified_at = Some(now);
+        if l.accepted != Some(v.expected) || l.pending.is_some() {
+            // Changed meanwhile: the next reading compares.
+            return;
+        }
+        match limit {
+            Some(allowed) if allowed > v.expected + verify::COMPOSITE_TOLERANCE_A => {
+                if l.unapplied.is_none() {
+                    warn!(station = %v.station, evse = v.evse, setpoint_a = v.expected, composite_a = allowed, "station accepted its profile but its composite schedule allows more: held at that");
+                }
+                l.unapplied = Some(allowed);
+                link.learn(
+                    &v.station,
+                    "does not apply accepted profiles (composite schedule)",
+                );
+            }
+            Some(allowed) => {
+                if l.unapplied.take().is_some() {
+                    info!(station = %v.station, evse = v.evse, composite_a = allowed, "station applies its profile again");
+                }
+            }
+            None => {
+                debug!(station = %v.station, evse = v.evse, "no composite schedule to compare")
+            }
+        }
+    }
+
     async fn send(self: Arc<Self>, send: Send) {
         let now = self.clock.now();
         let result = match send.handle.version() {

@@ -364,6 +364,7 @@ async fn quirky_stations_are_handled_and_non_compliant_ones_contained() {
         ("QGOE", "1.6", "ignores_raise_after_zero"),
         ("QIGN", "2.0.1", "ignores_profiles"),
         ("QUNS", "1.6", "unsigned_currents"),
+        ("QDISC", "1.6", "discards_profiles"),
     ];
     let groups: String = quirks
         .iter()
@@ -382,22 +383,27 @@ async fn quirky_stations_are_handled_and_non_compliant_ones_contained() {
             .any(|q| q.contains("ignores its charging profile")),
         "{ignoring:?}"
     );
+    let discarding = controller.station_quirks("QDISC-001");
+    assert!(
+        discarding.iter().any(|q| q.contains("composite schedule")),
+        "{discarding:?}"
+    );
+    let goe = controller.station_quirks("QGOE-001");
+    assert!(
+        goe.iter().any(|q| q.contains("first raise after 0 A")),
+        "{goe:?}"
+    );
     let level0 = controller.station_quirks("QLVL0-001");
     assert!(
         level0.iter().any(|q| q.contains("stack level")),
         "{level0:?}"
     );
     // The compliant quirky stations still delivered their energy.
-    for (tag, delivered, requested) in &r.report.vehicles {
-        if tag.contains("QIGN") {
+    for (visit, (tag, delivered, requested)) in plan.visits.iter().zip(&r.report.vehicles) {
+        let station = &plan.stations[visit.station].config.id;
+        if station.starts_with("QIGN") || station.starts_with("QDISC") {
             continue;
         }
-        let visit = plan
-            .visits
-            .iter()
-            .find(|v| &v.id_tag == tag)
-            .expect("visit");
-        let station = &plan.stations[visit.station].config.id;
         assert!(
             delivered + 0.05 >= *requested,
             "{tag} on {station}: {delivered} of {requested}; {:?}; {:#?}",
@@ -407,6 +413,69 @@ async fn quirky_stations_are_handled_and_non_compliant_ones_contained() {
                 .into_iter()
                 .find(|e| &e.key.station == station)
         );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_station_whose_composite_schedule_allows_more_is_held_at_it() {
+    // The car on the discarding station takes 10 A of its 32 A: its draw never shows that
+    // the station ignores its setpoint, its composite schedule does.
+    let groups = format!(
+        "{}{}",
+        group("OK", 3, "1.6", ""),
+        r#"
+[[stations]]
+id_prefix = "QDISC"
+count = 1
+version = "1.6"
+wiring = "rotated"
+hardware_max_a = 32
+quirks = ["discards_profiles"]
+
+[[vehicles]]
+at = "QDISC"
+count = 1
+arrive = { from = "00:05", to = "00:06" }
+depart = { from = "02:50", to = "03:00" }
+capacity_kwh = 80
+arrival_soc = 0.1
+target_soc = 0.9
+one_phase_share = 0
+max_a = 10
+"#
+    );
+    let plan = scenario("composite", 60.0, 3, "", &groups);
+    let r = run(&plan).await;
+    assert_no_controller_excess(&r.report);
+    let controller = &r.site.server.controller;
+    let quirks = controller.station_quirks("QDISC-001");
+    assert!(
+        quirks.iter().any(|q| q.contains("composite schedule")),
+        "{quirks:?}"
+    );
+    assert!(
+        !quirks
+            .iter()
+            .any(|q| q.contains("ignores its charging profile")),
+        "its draw never showed it: {quirks:?}"
+    );
+    let evse = controller
+        .report()
+        .into_iter()
+        .find(|e| e.key.station == "QDISC-001")
+        .expect("its EVSE");
+    assert!(
+        evse.decisions.iter().any(|d| d
+            .held
+            .as_deref()
+            .is_some_and(|h| h.contains("composite schedule"))),
+        "{:#?}",
+        evse.decisions
+    );
+    // The compliant stations answer their composite schedules in line: none is held.
+    for station in ["OK-001", "OK-002", "OK-003"] {
+        let quirks = controller.station_quirks(station);
+        assert!(quirks.is_empty(), "{station}: {quirks:?}");
     }
 }
 
