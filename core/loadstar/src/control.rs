@@ -85,6 +85,8 @@ const UNDERDRAW_A: f64 = 2.0;
 const CAP_RETEST: TimeDelta = TimeDelta::seconds(120);
 /// How much a re-test raises it (A).
 const CAP_RETEST_STEP_A: f64 = 2.0;
+/// What the dispatcher learns of a station that swallows the first raise after 0 A (go-e).
+const SWALLOWS_RAISE: &str = "ignores the first raise after 0 A";
 /// Below this (A) an EV offered its minimum or more takes no current.
 const IDLE_A: f64 = 0.5;
 /// Settled readings in a row of an EV taking no current before its share goes to the others
@@ -111,6 +113,8 @@ pub struct ControlConfig {
     pub dwell_s: i64,
     /// How long an EV charges before the fairness rotation may pause it, s.
     pub turn_s: i64,
+    /// Shortest time between two increases sent to one station.
+    pub raise_interval: Duration,
     /// A station measurement older than this is stale.
     pub stale_after: Duration,
     /// Whether a grid meter is configured (without one, the worst case is the uncontrolled
@@ -134,6 +138,7 @@ impl ControlConfig {
             plan_interval: Duration::from_secs(c.plan_interval_s),
             dwell_s: c.dwell_s as i64,
             turn_s: c.turn_s as i64,
+            raise_interval: Duration::from_secs(c.raise_interval_s),
             stale_after: site.csms().meter_interval() * 3,
             has_grid_meter: c.grid_meter.is_some(),
         }
@@ -312,6 +317,9 @@ struct EvseLink {
     zero_samples: u32,
     /// Since when the EV, taking no current, is left at 0 A (its share goes to the others).
     idle_since: Option<DateTime<Utc>>,
+    /// Offered its share again after taking none: a raise it does not follow is not sent
+    /// twice, unless the station is known to swallow the first.
+    retesting: bool,
     /// When its composite schedule was last read back.
     verified_at: Option<DateTime<Utc>>,
     /// Its composite schedule allows this much, above what it accepted: it does not apply it.
@@ -477,6 +485,8 @@ struct StationLink {
     no_composite: bool,
     /// A GetCompositeSchedule is in flight (one at a time per station).
     verifying: bool,
+    /// When an increase was last sent to it (increases are rate-limited per station).
+    raised_at: Option<DateTime<Utc>>,
 }
 
 impl StationLink {
@@ -1131,6 +1141,7 @@ impl Inner {
             let Some(link) = links.get_mut(&e.key.station) else {
                 continue;
             };
+            let swallows_raise = link.quirks.iter().any(|q| q == SWALLOWS_RAISE);
             let Some(l) = link.evses.get_mut(&e.key.evse) else {
                 continue;
             };
@@ -1176,7 +1187,12 @@ impl Inner {
                 continue;
             }
             let min = s.config.min_current_a;
-            if accepted >= min && amps < 0.5 && l.before == Some(0.0) && !l.raise_resent {
+            if accepted >= min
+                && amps < 0.5
+                && l.before == Some(0.0)
+                && !l.raise_resent
+                && (!l.retesting || swallows_raise)
+            {
                 // A raise from 0 A that the EV does not follow: some stations swallow the
                 // first one (go-e). Send it again once.
                 l.raise_resent = true;
@@ -1186,7 +1202,7 @@ impl Inner {
             }
             if l.raise_suspect && amps >= min * 0.5 {
                 l.raise_suspect = false;
-                link_quirk(link, &s.config.id, "ignores the first raise after 0 A");
+                link_quirk(link, &s.config.id, SWALLOWS_RAISE);
                 continue;
             }
             if accepted >= min && amps < IDLE_A {
@@ -1201,6 +1217,7 @@ impl Inner {
                 continue;
             }
             l.zero_samples = 0;
+            l.retesting = false;
             if amps + UNDERDRAW_A < accepted && amps >= min * 0.5 {
                 let cap = (amps + 1.0).ceil();
                 if l.learned_cap.is_none_or(|(c, _)| cap < c) {
@@ -1216,6 +1233,7 @@ impl Inner {
                 // Offered its share again: a car that wants energy after all takes it.
                 l.idle_since = None;
                 l.zero_samples = 0;
+                l.retesting = true;
             }
             if let Some((cap, since)) = l.learned_cap
                 && now >= since + CAP_RETEST
@@ -1642,6 +1660,15 @@ impl Inner {
                 renewals.push((i, 0.0));
             }
         }
+        // Increases are rate-limited per station (decreases never are): a station whose last
+        // increase went out less than `raise_interval` ago waits.
+        let raise_gap = TimeDelta::from_std(config.raise_interval).unwrap_or(TimeDelta::zero());
+        increases.retain(|(k, _, _)| {
+            links
+                .get(&evses[*k].key.station)
+                .and_then(|l| l.raised_at)
+                .is_none_or(|t| now >= t + raise_gap || now < t)
+        });
         // Break before make: while a decrease is on its way (in this tick or before), only the
         // increases that fit beside every EVSE at the most it may draw until its change is done
         // go out; the others wait for the decreases.
@@ -1690,6 +1717,11 @@ impl Inner {
             .map(|d| (d, Priority::Safety))
             .chain(renewals.into_iter().map(|r| (r, Priority::Control)))
             .collect::<Vec<_>>();
+        for (k, _) in &increases {
+            if let Some(link) = links.get_mut(&evses[*k].key.station) {
+                link.raised_at = Some(now);
+            }
+        }
         batch.extend(increases.into_iter().map(|i| (i, Priority::Control)));
         // A change that was refused or failed is tried again (on the route the refusal moved
         // to) while the EVSE stays held at the most it may draw.

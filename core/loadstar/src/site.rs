@@ -346,6 +346,9 @@ pub struct ControlSettings {
     /// When more EVs wait than the site can charge at their minimum: how long one charges
     /// before it is paused for a waiting one (at least `dwell_s`), s.
     pub turn_s: u64,
+    /// Shortest time between two increases sent to one station (decreases are never held
+    /// back), s.
+    pub raise_interval_s: u64,
     /// `[[control.fleet]]`: what known vehicles need, by id tag (for stations and EVs that do
     /// not say it themselves).
     pub fleet: Vec<FleetNeeds>,
@@ -378,6 +381,7 @@ impl Default for ControlSettings {
             plan_interval_s: 300,
             dwell_s: loadstar_optimizer::allocate::DEFAULT_DWELL_S as u64,
             turn_s: loadstar_optimizer::allocate::DEFAULT_TURN_S as u64,
+            raise_interval_s: 10,
             fleet: Vec::new(),
         }
     }

@@ -192,6 +192,31 @@ async fn a_mixed_fleet_stays_under_the_limit_and_every_car_gets_its_energy() {
         feasible >= 6,
         "the scenario is feasible for most cars ({feasible})"
     );
+    // Increases are rate-limited per station (10 s by default); decreases are not.
+    use loadstar::store::Store as _;
+    let mut increases = 0;
+    for station in plan.stations.iter().map(|s| &s.config.id) {
+        let mut records = r
+            .site
+            .server
+            .store
+            .profiles(station, usize::MAX)
+            .expect("audit trail");
+        records.retain(|p| p.purpose == "Tx" && p.result == "accepted");
+        records.sort_by_key(|p| p.at);
+        let mut last_raise: Option<DateTime<Utc>> = None;
+        for pair in records.windows(2) {
+            if pair[1].amps > pair[0].amps {
+                increases += 1;
+                if let Some(t) = last_raise {
+                    let gap = (pair[1].at - t).num_milliseconds();
+                    assert!(gap >= 9_000, "{station}: increases {gap} ms apart");
+                }
+                last_raise = Some(pair[1].at);
+            }
+        }
+    }
+    assert!(increases > 8, "the cars were raised: {increases}");
     // Both versions were driven by profiles the stations accepted.
     let evses = r.site.server.controller.report();
     for prefix in ["A16", "B201"] {
@@ -275,6 +300,12 @@ async fn a_full_car_leaves_its_share_to_the_others() {
         "the reason is recorded: {:#?}",
         full.decisions
     );
+    // Offering a full car its share again and seeing it take nothing teaches nothing about
+    // the station (a go-e swallows a raise; a full car just does not draw).
+    for station in ["FULL-001", "FULL-002"] {
+        let quirks = r.site.server.controller.station_quirks(station);
+        assert!(quirks.is_empty(), "{station}: {quirks:?}");
+    }
 }
 
 #[tokio::test(start_paused = true)]

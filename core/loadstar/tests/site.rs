@@ -1703,7 +1703,16 @@ fn control_defaults_and_settings() {
 #[test]
 fn control_dwell_and_turn() {
     let d = ok(BASE).control().clone();
-    assert_eq!((d.dwell_s, d.turn_s), (300, 900));
+    assert_eq!((d.dwell_s, d.turn_s, d.raise_interval_s), (300, 900, 10));
+    let c = ok(&format!("{BASE}\n[control]\nraise_interval_s = 0\n"));
+    assert_eq!(c.control().raise_interval_s, 0);
+    let text = format!("{BASE}\n[control]\nraise_interval_s = 7200\n");
+    assert_err(
+        &errs(&text),
+        "control.raise_interval_s",
+        line_of(&text, "raise_interval_s"),
+        "between 0 and 3600",
+    );
     let c = ok(&format!(
         "{BASE}\n[control]\ndwell_s = 120\nturn_s = 1800\n"
     ));

@@ -79,6 +79,7 @@ const CONTROL_KEYS: &[&str] = &[
     "plan_interval_s",
     "dwell_s",
     "turn_s",
+    "raise_interval_s",
     "fleet",
 ];
 const FLEET_KEYS: &[&str] = &["id_tags", "departure", "energy_kwh"];
@@ -1457,6 +1458,7 @@ fn read_control(root: &Table<'_, '_>, d: &mut Diag<'_>) -> Option<ControlSetting
         }
         (_, turn) => turn,
     };
+    let raise_interval = int_setting(&t, "raise_interval_s", 0, 3_600, 10, d);
     let fleet = read_fleet(&t, d);
     Some(ControlSettings {
         tick_ms: tick? as u64,
@@ -1472,6 +1474,7 @@ fn read_control(root: &Table<'_, '_>, d: &mut Diag<'_>) -> Option<ControlSetting
         plan_interval_s: plan_interval? as u64,
         dwell_s: dwell? as u64,
         turn_s: turn? as u64,
+        raise_interval_s: raise_interval? as u64,
         fleet: fleet?,
     })
 }
