@@ -1294,6 +1294,7 @@ impl Inner {
         let mut switched_off: Vec<(usize, String)> = Vec::new();
         let mut rules: Vec<policy::EvseRule> = Vec::new();
         let unknown_link = EvseLink::default();
+        let policy_rules = policies.rules(now);
         for (i, e) in evses.iter().enumerate() {
             let s = &stations[e.station];
             let circuit = s.config.electrical;
@@ -1396,7 +1397,7 @@ impl Inner {
                 Some(to) => (to, to),
                 None => (min_a, max_a),
             };
-            let rule = policies.rule(&e.key.label(), now);
+            let rule = policy_rules.rule(&e.key.label());
             if fixed.is_none()
                 && let Some(why) = rule.off
             {

@@ -20,7 +20,7 @@
 //! **Must never** let a failure loosen a limit, or turn surplus-only charging into charging
 //! from the grid.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use loadstar_optimizer::allocate::Evse;
@@ -281,26 +281,6 @@ impl PolicyState {
                 .fold(("no surplus", PerLine::ZERO), |acc, s| (s.0, acc.1 + s.1)),
         )
     }
-
-    fn hint(&self, evse: &str, now: DateTime<Utc>) -> Option<&PolicyHint> {
-        let (_, o) = self.last.as_ref()?;
-        o.hints.iter().find(|h| {
-            h.evse == evse
-                && match h.until {
-                    Some(until) => now < until,
-                    // Until the next evaluation: only while the latest one succeeded.
-                    None => self.failing.is_none(),
-                }
-        })
-    }
-
-    /// Whether it names `evse` in its last output at all (its solar EVSEs, when it runs on
-    /// solar, even after their hints lapsed).
-    fn names(&self, evse: &str) -> bool {
-        self.last
-            .as_ref()
-            .is_some_and(|(_, o)| o.hints.iter().any(|h| h.evse == evse))
-    }
 }
 
 /// Every policy of the site, by name.
@@ -360,15 +340,89 @@ impl Policies {
     }
 
     /// What the policies say about EVSE `evse` at `now`. The first policy (site-file order)
-    /// with a priority or weight decides it; any policy may switch it off.
+    /// with a priority or weight decides it; any policy may switch it off. For many EVSEs at
+    /// once, [`Policies::rules`] indexes the hints once.
     pub fn rule(&self, evse: &str, now: DateTime<Utc>) -> EvseRule {
+        self.rules(now).rule(evse)
+    }
+
+    /// The policies at `now`, in site-file order, with each one's hints in force indexed by
+    /// EVSE: a tick asks for every EVSE's rule, and scanning every hint list for each would
+    /// cost EVSEs × hints.
+    pub fn rules(&self, now: DateTime<Utc>) -> PolicyRules<'_> {
+        let policies = self
+            .in_order()
+            .into_iter()
+            .map(|(name, p)| {
+                let mut hints: HashMap<&str, &PolicyHint> = HashMap::new();
+                let mut named: HashSet<&str> = HashSet::new();
+                let solar = p.runs_on_solar();
+                for h in p.last.iter().flat_map(|(_, o)| &o.hints) {
+                    if solar {
+                        named.insert(h.evse.as_str());
+                    }
+                    let in_force = match h.until {
+                        Some(until) => now < until,
+                        // Until the next evaluation: only while the latest one succeeded.
+                        None => p.failing.is_none(),
+                    };
+                    if in_force {
+                        // The first hint in force for an EVSE counts.
+                        hints.entry(h.evse.as_str()).or_insert(h);
+                    }
+                }
+                IndexedPolicy {
+                    name,
+                    hints,
+                    named,
+                    surplus: if solar { p.surplus_at(now) } else { None },
+                }
+            })
+            .collect();
+        PolicyRules { policies }
+    }
+
+    /// The EVSEs policy `name` runs on solar surplus now (hinted on, surplus left).
+    pub fn solar_evses(&self, name: &str, now: DateTime<Utc>) -> Vec<String> {
+        let Some(p) = self.by_name.get(name) else {
+            return Vec::new();
+        };
+        let rules = self.rules(now);
+        p.last
+            .iter()
+            .flat_map(|(_, o)| &o.hints)
+            .filter(|h| rules.rule(&h.evse).solar.is_some_and(|(n, _)| n == name))
+            .map(|h| h.evse.clone())
+            .collect()
+    }
+}
+
+/// [`Policies::rules`]: the policies at one moment, their hints indexed by EVSE.
+pub struct PolicyRules<'a> {
+    policies: Vec<IndexedPolicy<'a>>,
+}
+
+struct IndexedPolicy<'a> {
+    name: &'a String,
+    /// The first hint in force per EVSE.
+    hints: HashMap<&'a str, &'a PolicyHint>,
+    /// Every EVSE its last output names, when it runs EVSEs on solar surplus (even after
+    /// their hints lapsed).
+    named: HashSet<&'a str>,
+    /// Its surplus now, when it runs EVSEs on solar surplus.
+    surplus: Option<(&'a str, PerLine)>,
+}
+
+impl PolicyRules<'_> {
+    /// What the policies say about EVSE `evse`: see [`Policies::rule`].
+    pub fn rule(&self, evse: &str) -> EvseRule {
         let mut rule = EvseRule::default();
-        for (name, p) in self.in_order() {
-            let hint = p.hint(evse, now);
+        for p in &self.policies {
+            let hint = p.hints.get(evse).copied();
             if let Some(h) = hint {
                 if h.weight.is_some_and(|w| w <= 0.0) {
                     rule.off
-                        .get_or_insert_with(|| format!("plugin:{name}: {}", h.reason));
+                        .get_or_insert_with(|| format!("plugin:{}: {}", p.name, h.reason));
                     continue;
                 }
                 if rule.priority.is_none() {
@@ -378,38 +432,21 @@ impl Policies {
                     rule.weight = h.weight;
                 }
             }
-            if p.runs_on_solar() && p.names(evse) && rule.off.is_none() {
-                match (hint, p.surplus_at(now)) {
+            if p.named.contains(evse) && rule.off.is_none() {
+                match (hint, p.surplus) {
                     (Some(_), Some((_, surplus))) if surplus.sum() > 0.0 => {
                         if rule.solar.is_none() {
-                            rule.solar = Some((name.clone(), surplus));
+                            rule.solar = Some((p.name.clone(), surplus));
                         }
                     }
                     (_, Some((why, _))) => {
-                        rule.off = Some(format!("plugin:{name}: {why}"));
+                        rule.off = Some(format!("plugin:{}: {why}", p.name));
                     }
                     (_, None) => {}
                 }
             }
         }
         rule
-    }
-
-    /// The EVSEs policy `name` runs on solar surplus now (hinted on, surplus left).
-    pub fn solar_evses(&self, name: &str, now: DateTime<Utc>) -> Vec<String> {
-        let Some(p) = self.by_name.get(name) else {
-            return Vec::new();
-        };
-        p.last
-            .iter()
-            .flat_map(|(_, o)| &o.hints)
-            .filter(|h| {
-                self.rule(&h.evse, now)
-                    .solar
-                    .is_some_and(|(n, _)| n == name)
-            })
-            .map(|h| h.evse.clone())
-            .collect()
     }
 }
 
@@ -600,6 +637,32 @@ mod tests {
             Some("plugin:sun: no surplus"),
             "a failed solar policy never lets its EVSEs charge from the grid"
         );
+    }
+
+    #[test]
+    fn the_first_hint_in_force_counts_and_the_index_answers_like_the_lists() {
+        let mut lapsed = hint("a/1", Some(2.0), Some(5));
+        lapsed.priority = Some(9);
+        let out = PolicyOutput {
+            hints: vec![
+                lapsed,
+                hint("a/1", Some(3.0), None),
+                hint("a/1", Some(4.0), None),
+            ],
+            ..Default::default()
+        };
+        let mut ps = Policies::default();
+        ps.by_name.insert("p".into(), state(out, &[]));
+        let rules = ps.rules(t(10));
+        let a = rules.rule("a/1");
+        assert_eq!(
+            a.weight,
+            Some(3.0),
+            "the lapsed hint is skipped, the next one counts"
+        );
+        assert_eq!(a.priority, Some(3), "its priority, not the lapsed one's");
+        assert_eq!(rules.rule("a/1"), ps.rule("a/1", t(10)));
+        assert_eq!(ps.rule("a/1", t(1)).priority, Some(9), "before it lapsed");
     }
 
     #[test]
