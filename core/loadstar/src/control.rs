@@ -1188,7 +1188,7 @@ impl Inner {
             }
             let min = s.config.min_current_a;
             if accepted >= min
-                && amps < 0.5
+                && amps < IDLE_A
                 && l.before == Some(0.0)
                 && !l.raise_resent
                 && (!l.retesting || swallows_raise)
@@ -1866,10 +1866,7 @@ impl Inner {
             let Some(link) = links.get_mut(&s.config.id) else {
                 continue;
             };
-            let per_evse = routes(s.max_level)
-                .get(link.route)
-                .is_some_and(|(p, _)| *p != Purpose::StationMax);
-            if link.no_composite || link.verifying || !per_evse {
+            if link.no_composite || link.verifying {
                 continue;
             }
             let due = link.evses.iter().find_map(|(evse, l)| {
@@ -1893,7 +1890,13 @@ impl Inner {
                 });
                 due.then_some((*evse, accepted, l.ev_phases))
             });
-            if let Some((evse, expected, ev_phases)) = due {
+            // Checked last: it builds the station's route list.
+            let per_evse = || {
+                routes(s.max_level)
+                    .get(link.route)
+                    .is_some_and(|(p, _)| *p != Purpose::StationMax)
+            };
+            if let Some((evse, expected, ev_phases)) = due.filter(|_| per_evse()) {
                 link.verifying = true;
                 verifies.push(Verify {
                     station: s.config.id.clone(),
@@ -2317,7 +2320,6 @@ impl Inner {
         sends
     }
 
-    /// Sends one profile and folds the answer into the dialogue state.
     /// Reads an EVSE's composite schedule back and compares it with what it accepted.
     async fn verify(self: Arc<Self>, v: Verify) {
         let limit = match v.handle.version() {
@@ -2392,6 +2394,7 @@ impl Inner {
         }
     }
 
+    /// Sends one profile and folds the answer into the dialogue state.
     async fn send(self: Arc<Self>, send: Send) {
         let now = self.clock.now();
         let result = match send.handle.version() {
@@ -2572,8 +2575,6 @@ impl Inner {
     }
 }
 
-/// The per-phase currents a station reports, on the grid lines its phases land on (a
-/// line-to-line phase loads both lines). `None` when it reports no current.
 /// Break before make, increase by increase: `load` per node is what it may carry until every
 /// change in flight is done (uncontrolled, held, and every EVSE at the most it may draw). An
 /// increase `(evse, to, problem index)` goes out only if its extra draw fits on every node of
@@ -2609,6 +2610,8 @@ fn increases_that_fit<'p>(
     (fit, wait)
 }
 
+/// The per-phase currents a station reports, on the grid lines its phases land on (a
+/// line-to-line phase loads both lines). `None` when it reports no current.
 fn station_lines(circuit: &StationCircuit, phases: &[Option<f64>; 3]) -> Option<PerLine> {
     if phases.iter().all(Option::is_none) {
         return None;
