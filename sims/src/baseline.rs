@@ -376,7 +376,7 @@ fn simulate(
             }
             let v = &plan.visits[i];
             let circuit = plan.stations[v.station].config.circuit;
-            let step = car.ev.step(car.offered, dt, &circuit);
+            let step = car.ev.step(car.offered, dt, &circuit, 0);
             let load = circuit.line_load(v.ev.phases, step.amps);
             evs += load;
             let d = &mut draws[v.station];
@@ -749,6 +749,7 @@ pub fn feasible_alone(plan: &Plan, config: RunConfig) -> Result<Vec<bool>, RunEr
                     amps,
                     dt.min((v.depart - t).num_milliseconds() as f64 / 1000.0),
                     &circuit,
+                    0,
                 );
                 t += tick;
             }

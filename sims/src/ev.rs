@@ -212,10 +212,17 @@ impl Ev {
         }
     }
 
-    /// Charges for `seconds` under `limit_amps` on `circuit`. The amps are fixed at the step's
-    /// start; the step ends early (lower average amps) when the target or a full battery is
-    /// reached, so energy never overshoots.
-    pub fn step(&mut self, limit_amps: f64, seconds: f64, circuit: &StationCircuit) -> Step {
+    /// Charges for `seconds` under `limit_amps` on `circuit`, on `phases` of its own (fewer
+    /// when the station switched it to one). The amps are fixed at the step's start; the step
+    /// ends early (lower average amps) when the target or a full battery is reached, so energy
+    /// never overshoots.
+    pub fn step(
+        &mut self,
+        limit_amps: f64,
+        seconds: f64,
+        circuit: &StationCircuit,
+        phases: u8,
+    ) -> Step {
         if !(seconds.is_finite() && seconds > 0.0) {
             return Step { amps: 0.0, wh: 0.0 };
         }
@@ -223,13 +230,18 @@ impl Ev {
         if amps == 0.0 {
             return Step { amps: 0.0, wh: 0.0 };
         }
-        let watts = circuit.amps_to_watts(self.spec.phases, amps);
+        let phases = if phases == 0 {
+            self.spec.phases
+        } else {
+            phases.min(self.spec.phases)
+        };
+        let watts = circuit.amps_to_watts(phases, amps);
         let mut wh = watt_hours(watts, seconds);
         let mut avg = amps;
         let needed = self.needed_wh();
         if wh > needed {
             // Stops part-way through: the average current delivers exactly what was needed.
-            avg = circuit.watts_to_amps(self.spec.phases, needed * SECONDS_PER_HOUR / seconds);
+            avg = circuit.watts_to_amps(phases, needed * SECONDS_PER_HOUR / seconds);
             wh = needed;
         }
         self.delivered_wh += wh;

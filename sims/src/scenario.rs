@@ -293,6 +293,9 @@ struct GroupSpec {
     ramp_delay_s: f64,
     #[serde(default)]
     quirks: Vec<QuirkSpec>,
+    /// The stations switch between 3 phases and 1 when a profile says so.
+    #[serde(default)]
+    switches_phases: bool,
     #[serde(default)]
     faults: Vec<FaultSpec>,
 }
@@ -569,6 +572,7 @@ fn resolve(spec: File) -> Result<Plan, Failure> {
             config.hardware_max_amps = g.hardware_max_a;
             config.ramp_delay = std::time::Duration::from_secs_f64(g.ramp_delay_s);
             config.quirks = quirks;
+            config.switches_phases = g.switches_phases;
             // A group is one product: its quirks are its model's (a controller may learn them
             // per model).
             config.model = format!("SimStation {}", g.id_prefix);

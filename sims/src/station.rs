@@ -85,6 +85,9 @@ pub struct StationConfig {
     /// Wait before reconnecting after a lost connection.
     pub reconnect_delay: Duration,
     pub quirks: Quirks,
+    /// Switches between 3 phases and 1 as a profile's `numberPhases` says
+    /// (ConnectorSwitch3to1PhaseSupported / SmartChargingCtrlr.Phases3to1).
+    pub switches_phases: bool,
     pub vendor: String,
     pub model: String,
 }
@@ -102,6 +105,7 @@ impl StationConfig {
             tick: Duration::from_secs(1),
             reconnect_delay: Duration::from_secs(10),
             quirks: Quirks::default(),
+            switches_phases: false,
             vendor: "Loadstar".to_owned(),
             model: "SimStation".to_owned(),
         }
@@ -240,8 +244,11 @@ struct EvseState {
     target_amps: f64,
     /// What the car has been told (the PWM duty cycle): follows the target after the ramp.
     offered_amps: f64,
-    /// A new target and when it reaches the car.
-    ramp: Option<(DateTime<Utc>, f64)>,
+    /// The phases the station gives the car (3, or 1 once switched); follows `numberPhases`
+    /// after the ramp, like the current.
+    phases: u8,
+    /// A new target (amps, phases) and when it reaches the car.
+    ramp: Option<(DateTime<Utc>, f64, u8)>,
     /// What the car draws now, per phase.
     measured_amps: f64,
     /// The go-e quirk has swallowed its raise since the last 0 A.
@@ -346,6 +353,7 @@ impl StationSim {
                 register_wh: 0.0,
                 target_amps: config.hardware_max_amps,
                 offered_amps: 0.0,
+                phases: 3,
                 ramp: None,
                 measured_amps: 0.0,
                 raise_swallowed: false,
@@ -612,9 +620,11 @@ impl StationSim {
         let meter_start = self.evses[index].register_wh as i64;
         // The car gets the current limit straight away: the first PWM after authorization.
         let target = self.target_amps(index, now);
+        let phases = self.told_phases(now)[index];
         let e = &mut self.evses[index];
         e.target_amps = target;
         e.offered_amps = target;
+        e.phases = phases;
         e.ramp = None;
         match self.config.version {
             OcppVersion::V16 => {
@@ -759,7 +769,7 @@ impl StationSim {
         let phases = self.evses[index]
             .ev
             .as_ref()
-            .map(|ev| self.config.circuit.active_phases(ev.spec().phases));
+            .map(|_| self.config.circuit.active_phases(self.ev_phases(index)));
         let Some(session) = self.evses[index].session.as_mut() else {
             return Err(Violation::new(ErrorCode::InternalError, "no session"));
         };
@@ -898,14 +908,16 @@ impl StationSim {
         self.last_tick = now;
         let circuit = self.config.circuit;
         let targets = self.targets(now);
+        let told = self.told_phases(now);
         for (index, &target) in targets.iter().enumerate() {
             // Energy over the interval just ended, at the draw fixed at its start.
             {
+                let phases = self.ev_phases(index);
                 let e = &mut self.evses[index];
                 if e.session.is_some()
                     && let Some(ev) = e.ev.as_mut()
                 {
-                    let step = ev.step(e.offered_amps, dt, &circuit);
+                    let step = ev.step(e.offered_amps, dt, &circuit, phases);
                     e.register_wh += step.wh;
                 }
             }
@@ -913,16 +925,18 @@ impl StationSim {
                 .unwrap_or(chrono::Duration::zero());
             let e = &mut self.evses[index];
             if e.session.is_some() {
-                if target != e.target_amps {
+                let pending_phases = e.ramp.map_or(e.phases, |(_, _, p)| p);
+                if target != e.target_amps || told[index] != pending_phases {
                     // A ramp already under way keeps its deadline: a change never waits
                     // longer than the ramp delay after the first one.
-                    let due = e.ramp.map_or(now + ramp_delay, |(due, _)| due);
-                    e.ramp = Some((due, target));
+                    let due = e.ramp.map_or(now + ramp_delay, |(due, _, _)| due);
+                    e.ramp = Some((due, target, told[index]));
                 }
-                if let Some((due, amps)) = e.ramp
+                if let Some((due, amps, phases)) = e.ramp
                     && now >= due
                 {
                     e.offered_amps = amps;
+                    e.phases = phases;
                     e.ramp = None;
                 }
             }
@@ -1054,7 +1068,7 @@ impl StationSim {
         measurands: &[Measurand],
     ) -> Vec<(Measurand, Option<usize>, f64)> {
         let e = &self.evses[index];
-        let ev_phases = e.ev.as_ref().map_or(0, |ev| ev.spec().phases);
+        let ev_phases = self.ev_phases(index);
         let active = usize::from(self.config.circuit.active_phases(ev_phases));
         let station_phases = usize::from(self.config.circuit.wiring().phase_count());
         let sign = |v: f64| {
@@ -1244,6 +1258,36 @@ impl StationSim {
         self.push_live("StatusNotification", payload);
     }
 
+    /// The phases each EVSE's own profile tells the car to use: its `numberPhases` on a
+    /// station that switches phases, else always 3 (the car uses what it has).
+    fn told_phases(&self, now: DateTime<Utc>) -> Vec<u8> {
+        (0..self.evses.len())
+            .map(|i| {
+                if !self.config.switches_phases || self.config.quirks.ignores_profiles {
+                    return 3;
+                }
+                let tx = self.transaction(i);
+                let store = if self.config.quirks.discards_profiles {
+                    // It installs nothing: the car stays on all phases.
+                    return 3;
+                } else {
+                    &self.store
+                };
+                store
+                    .evse_limit_at(self.evses[i].id, now, tx.as_ref(), &self.config.circuit)
+                    .map_or(3, |l| l.phases)
+            })
+            .collect()
+    }
+
+    /// The phases the car on EVSE `index` draws on: its own, at most what the station gives it
+    /// (0 without a car).
+    fn ev_phases(&self, index: usize) -> u8 {
+        let e = &self.evses[index];
+        e.ev.as_ref()
+            .map_or(0, |ev| ev.spec().phases.min(e.phases.max(1)))
+    }
+
     /// What the installed profiles allow on EVSE `index` now, after the quirks.
     fn target_amps(&self, index: usize, now: DateTime<Utc>) -> f64 {
         self.targets(now)[index]
@@ -1315,7 +1359,8 @@ impl StationSim {
                 .evses
                 .iter()
                 .zip(commanded)
-                .map(|(e, commanded_amps)| EvseSnapshot {
+                .enumerate()
+                .map(|(i, (e, commanded_amps))| EvseSnapshot {
                     commanded_amps,
                     id: e.id,
                     status: e.status,
@@ -1326,7 +1371,7 @@ impl StationSim {
                     delivered_wh: e.ev.as_ref().map(Ev::delivered_wh),
                     register_wh: e.register_wh,
                     transaction_id: e.session.as_ref().and_then(|s| s.id.clone()),
-                    phases: e.ev.as_ref().map_or(0, |ev| ev.spec().phases),
+                    phases: self.ev_phases(i),
                 })
                 .collect(),
         }
@@ -1668,7 +1713,7 @@ impl StationSim {
             ("MaxChargingProfilesInstalled", ("16".to_owned(), true)),
             (
                 "ConnectorSwitch3to1PhaseSupported",
-                ("false".to_owned(), true),
+                (self.config.switches_phases.to_string(), true),
             ),
             (
                 "NumberOfConnectors",
@@ -1708,7 +1753,10 @@ impl StationSim {
                 ADVERTISED_STACK_LEVEL.to_string(),
             ),
             ("SmartChargingCtrlr.Entries", "16".to_owned()),
-            ("SmartChargingCtrlr.Phases3to1", "false".to_owned()),
+            (
+                "SmartChargingCtrlr.Phases3to1",
+                self.config.switches_phases.to_string(),
+            ),
             (
                 "OCPPCommCtrlr.HeartbeatInterval",
                 self.heartbeat_s.to_string(),

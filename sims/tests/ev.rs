@@ -54,7 +54,7 @@ fn energy_accounting_matches_the_integrated_power_and_stops_at_the_target() {
             seed ^= seed >> 17;
             seed ^= seed << 5;
             let limit = f64::from(seed % 33);
-            let step = ev.step(limit, 10.0, &c);
+            let step = ev.step(limit, 10.0, &c, 0);
             assert!(step.amps <= limit + 1e-9 && step.amps <= spec.max_amps + 1e-9);
             assert!(step.amps == 0.0 || step.amps > 0.0 && step.wh > 0.0);
             integrated_wh += watt_hours(c.amps_to_watts(phases, step.amps), 10.0);
@@ -70,16 +70,26 @@ fn energy_accounting_matches_the_integrated_power_and_stops_at_the_target() {
         );
         assert!((ev.soc() - 0.85).abs() < 1e-9);
         // Satisfied: it draws nothing more.
-        assert_eq!(ev.step(32.0, 10.0, &c).wh, 0.0);
+        assert_eq!(ev.step(32.0, 10.0, &c, 0).wh, 0.0);
     }
 }
 
 #[test]
 fn one_hour_at_16_a_three_phase_is_11_kwh() {
     let mut ev = Ev::new(EvSpec::typical(0.1, 0.9)).unwrap();
-    let step = ev.step(16.0, 3600.0, &circuit());
+    let step = ev.step(16.0, 3600.0, &circuit(), 0);
     assert!((step.wh - 11_040.0).abs() < 1e-9);
     assert!((ev.soc() - (0.1 + 11_040.0 / 60_000.0)).abs() < 1e-12);
+}
+
+#[test]
+fn a_three_phase_ev_switched_to_one_phase_charges_on_one() {
+    let mut ev = Ev::new(EvSpec::typical(0.1, 0.9)).unwrap();
+    let step = ev.step(16.0, 3600.0, &circuit(), 1);
+    assert!((step.wh - 3_680.0).abs() < 1e-9, "{}", step.wh);
+    // More phases than the EV has are the EV's own.
+    let step = ev.step(16.0, 3600.0, &circuit(), 3);
+    assert!((step.wh - 11_040.0).abs() < 1e-9, "{}", step.wh);
 }
 
 #[test]
@@ -90,7 +100,7 @@ fn energy_target_and_a_full_battery_both_end_charging() {
         ..EvSpec::typical(0.5, 1.0)
     })
     .unwrap();
-    let step = ev.step(16.0, 3600.0, &c);
+    let step = ev.step(16.0, 3600.0, &c, 0);
     assert!((step.wh - 1_000.0).abs() < 1e-9);
     // The average current over the hour is what delivers exactly 1 kWh.
     assert!((c.amps_to_watts(3, step.amps) - 1_000.0).abs() < 1e-9);
@@ -101,7 +111,7 @@ fn energy_target_and_a_full_battery_both_end_charging() {
         ..EvSpec::typical(0.99, 1.0)
     })
     .unwrap();
-    ev.step(16.0, 3600.0, &c);
+    ev.step(16.0, 3600.0, &c, 0);
     assert_eq!(ev.soc(), 1.0);
     assert!(ev.delivered_wh() <= 0.01 * 60_000.0 + 1e-9);
 }
@@ -151,6 +161,6 @@ fn bad_specs_are_refused() {
         assert!(Ev::new(spec.clone()).is_err(), "{spec:?} was accepted");
     }
     let mut ev = Ev::new(good).unwrap();
-    assert_eq!(ev.step(16.0, f64::NAN, &circuit()).wh, 0.0);
-    assert_eq!(ev.step(16.0, -5.0, &circuit()).wh, 0.0);
+    assert_eq!(ev.step(16.0, f64::NAN, &circuit(), 0).wh, 0.0);
+    assert_eq!(ev.step(16.0, -5.0, &circuit(), 0).wh, 0.0);
 }

@@ -44,7 +44,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use loadstar_ocpp::{OcppVersion, Priority, v16, v201};
 use loadstar_optimizer::allocate::{
-    self, Binding, Evse, LimitConstraint, Node, Problem, Rotation, effective_limit,
+    self, Binding, Evse, LimitConstraint, Node, PauseReason, Problem, Rotation, effective_limit,
     uncontrolled_load,
 };
 use loadstar_optimizer::model::{PerLine, PhaseConnection, StationCircuit, StationWiring};
@@ -115,6 +115,10 @@ pub struct ControlConfig {
     pub turn_s: i64,
     /// Shortest time between two increases sent to one station.
     pub raise_interval: Duration,
+    /// Shortest time between two phase switches of one EVSE.
+    pub phase_switch: TimeDelta,
+    /// Whether EVs are switched between 3 phases and 1 at all.
+    pub phase_switching: bool,
     /// A station measurement older than this is stale.
     pub stale_after: Duration,
     /// Whether a grid meter is configured (without one, the worst case is the uncontrolled
@@ -139,6 +143,8 @@ impl ControlConfig {
             dwell_s: c.dwell_s as i64,
             turn_s: c.turn_s as i64,
             raise_interval: Duration::from_secs(c.raise_interval_s),
+            phase_switch: TimeDelta::seconds(c.phase_switch_s as i64),
+            phase_switching: c.phase_switching,
             stale_after: site.csms().meter_interval() * 3,
             has_grid_meter: c.grid_meter.is_some(),
         }
@@ -263,6 +269,8 @@ pub struct EvseReport {
     pub noncompliant: bool,
     pub learned_cap_a: Option<f64>,
     pub ev_phases: u8,
+    /// Switched to one phase by Loadstar (the station can switch 3 to 1).
+    pub one_phase: bool,
     pub decisions: Vec<Decision>,
 }
 
@@ -324,11 +332,24 @@ struct EvseLink {
     verified_at: Option<DateTime<Utc>>,
     /// Its composite schedule allows this much, above what it accepted: it does not apply it.
     unapplied: Option<f64>,
+    /// The phases the EV was measured to use on its own (0 = unknown = all).
     ev_phases: u8,
+    /// Switched to one phase by Loadstar: it is given and counted on one line.
+    one_phase: bool,
+    /// A phase switch decided (`true`: to one phase), made once the EVSE is settled at 0 A.
+    switch_to_one: Option<bool>,
+    /// When the phases last changed, and when a switch was last weighed.
+    phases_switched_at: Option<DateTime<Utc>>,
+    phases_weighed_at: Option<DateTime<Utc>>,
     decisions: VecDeque<Decision>,
 }
 
 impl EvseLink {
+    /// The phases the EV draws on now: one once switched, else its own.
+    fn phases(&self) -> u8 {
+        if self.one_phase { 1 } else { self.ev_phases }
+    }
+
     /// Where the dialogue stands: settled, in a transition, or in doubt.
     fn doubt(&self, now: DateTime<Utc>, ramp: TimeDelta, station_max: f64) -> Doubt {
         let known = self.accepted.unwrap_or(station_max);
@@ -420,6 +441,50 @@ impl EvseLink {
             ..EvseLink::default()
         };
     }
+}
+
+/// How much more power the other phase count must give before an EVSE on one phase goes
+/// back to three (it stops for a moment to switch).
+const PHASE_SWITCH_GAIN: f64 = 1.1;
+
+/// Weighs a phase switch for problem EVSE `j` (`unshaped`: as it was before the policies),
+/// on a station that can switch: `Some(to_one)` once weighed, `None` when there is nothing to
+/// weigh. It is allocated again on its other phase count. Three phases go to one when they get
+/// no room for the minimum on every line, or only more than the solar share; one goes back to
+/// three when three give [`PHASE_SWITCH_GAIN`] more power within the same bounds.
+fn weigh_phase_switch(
+    problem: &Problem,
+    base: &allocate::Allocation,
+    j: usize,
+    mut unshaped: Evse,
+    rules: &[policy::EvseRule],
+    one_phase: bool,
+) -> Option<bool> {
+    let (e, sp, rule) = (problem.evses.get(j)?, base.setpoints.get(j)?, rules.get(j)?);
+    // Within its bounds: a solar EVSE whose share is below its minimum imports the rest.
+    let within = |e: &Evse| rule.solar.is_none() || e.max_a > e.min_a + 1e-6;
+    if !one_phase
+        && !matches!(sp.bound, Binding::Paused(PauseReason::NoRoomForMinimum))
+        && within(e)
+    {
+        return None;
+    }
+    unshaped.ev_phases = if one_phase { 0 } else { 1 };
+    // The others, shaped already: the solar share counts only their lines, which shaping
+    // leaves alone.
+    policy::apply_one(&problem.evses, rules, j, &mut unshaped);
+    let mut trial = problem.clone();
+    trial.evses[j] = unshaped;
+    let t = allocate::allocate(&trial).ok()?;
+    let tsp = t.setpoints.get(j)?;
+    let te = &trial.evses[j];
+    let power = |e: &Evse, amps: f64| e.circuit.amps_to_watts(e.ev_phases, amps);
+    let (base_in, trial_in) = (within(e), within(te));
+    let better = tsp.amps > 0.0
+        && ((trial_in && !base_in)
+            || (trial_in == base_in
+                && power(te, tsp.amps) > power(e, sp.amps) * PHASE_SWITCH_GAIN + 1.0));
+    Some(if better { !one_phase } else { one_phase })
 }
 
 /// Where one EVSE's dialogue stands.
@@ -608,6 +673,8 @@ struct StationView<'a> {
     rate_w_only: bool,
     max_level: Option<i64>,
     skew_s: Option<i64>,
+    /// It can switch its EVs between 3 phases and 1 (and is wired three-phase).
+    switches_phases: bool,
     /// It said at boot what it is (its model key is looked up once, not every tick).
     booted: bool,
 }
@@ -976,6 +1043,7 @@ impl Controller {
                     noncompliant: l.noncompliant.is_some(),
                     learned_cap_a: l.learned_cap.map(|c| c.0),
                     ev_phases: l.ev_phases,
+                    one_phase: l.one_phase,
                     decisions: l.decisions.iter().cloned().collect(),
                 })
             })
@@ -1152,7 +1220,13 @@ impl Inner {
                 continue;
             }
             l.checked_at = Some(at);
-            if amps > 1.0 && phases > 0 {
+            // On one phase (or just switched back) the lines seen say what the station gives,
+            // not what the EV can take.
+            if amps > 1.0
+                && phases > 0
+                && !l.one_phase
+                && l.phases_switched_at.is_none_or(|t| at >= t + ramp * 2)
+            {
                 l.ev_phases = phases;
             }
             let Some(accepted) = l.accepted else { continue };
@@ -1226,7 +1300,22 @@ impl Inner {
                 }
             }
         }
-        for l in links.values_mut().flat_map(|s| s.evses.values_mut()) {
+        for (station, l) in links
+            .iter_mut()
+            .flat_map(|(id, s)| s.evses.iter_mut().map(move |(n, l)| ((id, n), l)))
+        {
+            // A phase switch is made at 0 A, once the station has settled there: counted on
+            // its new lines from then on, it never draws on lines it is not counted on.
+            if let Some(to_one) = l.switch_to_one
+                && l.accepted.is_some_and(|a| a <= 0.05)
+                && l.pending.is_none()
+                && l.changed_at.is_none_or(|c| now >= c + ramp)
+            {
+                info!(station = %station.0, evse = *station.1, phases = if to_one { 1 } else { 3 }, "phase switch");
+                l.one_phase = to_one;
+                l.switch_to_one = None;
+                l.phases_switched_at = Some(now);
+            }
             if l.idle_since
                 .is_some_and(|since| now >= since + IDLE_RETEST || now < since)
             {
@@ -1292,6 +1381,8 @@ impl Inner {
         let mut worst_a: Vec<f64> = Vec::new();
         let mut leaving: Vec<(usize, PerLine)> = Vec::new();
         let mut switched_off: Vec<(usize, String)> = Vec::new();
+        // EVSEs (problem indices) whose phase count may be weighed this tick.
+        let mut phase_candidates: Vec<usize> = Vec::new();
         let mut rules: Vec<policy::EvseRule> = Vec::new();
         let unknown_link = EvseLink::default();
         let policy_rules = policies.rules(now);
@@ -1352,7 +1443,7 @@ impl Inner {
                     let coefficients = if seen.sum() > 0.0 {
                         seen
                     } else {
-                        circuit.line_coefficients(l.ev_phases)
+                        circuit.line_coefficients(l.phases())
                     };
                     counted = counted.max(coefficients * accepted);
                 }
@@ -1360,6 +1451,7 @@ impl Inner {
             }
             let fixed = match doubt {
                 Doubt::Held(amps, why) => {
+                    // All its phases: a station cut off falls back to a profile on all of them.
                     let load = circuit.line_load(l.ev_phases, amps);
                     for &n in &s.path {
                         reserved[n] += load;
@@ -1372,7 +1464,7 @@ impl Inner {
                     if to <= 0.0 {
                         // Pausing: it needs no room once there, but it holds its old share
                         // until it is done.
-                        leaving.push((i, circuit.line_load(l.ev_phases, at_most)));
+                        leaving.push((i, circuit.line_load(l.phases(), at_most)));
                         continue;
                     }
                     Some(to)
@@ -1403,6 +1495,18 @@ impl Inner {
             {
                 // A policy switched it off: 0 A, sent like any decrease (break before make).
                 switched_off.push((i, why));
+                continue;
+            }
+            if fixed.is_none()
+                && let Some(to_one) = l.switch_to_one
+            {
+                switched_off.push((
+                    i,
+                    format!(
+                        "switching to {} (at 0 A first)",
+                        if to_one { "1 phase" } else { "3 phases" }
+                    ),
+                ));
                 continue;
             }
             if fixed.is_none()
@@ -1441,7 +1545,7 @@ impl Inner {
                 id: e.key.label(),
                 node: s.node,
                 circuit,
-                ev_phases: l.ev_phases,
+                ev_phases: l.phases(),
                 min_a,
                 max_a,
                 may_pause: true,
@@ -1450,6 +1554,17 @@ impl Inner {
                 energy_wh: session.energy_wh,
                 plan_a: None,
             });
+            if fixed.is_none()
+                && config.phase_switching
+                && s.switches_phases
+                && l.ev_phases != 1
+                && l.phases_weighed_at
+                    .max(l.phases_switched_at)
+                    .is_none_or(|t| now >= t + config.phase_switch || now < t)
+                && (l.one_phase || l.accepted.is_some_and(|a| a <= 0.05) || rule.solar.is_some())
+            {
+                phase_candidates.push(problem_evses.len());
+            }
             problem_keys.push(i);
             worst_a.push(match doubt {
                 Doubt::Transition { at_most, .. } => at_most,
@@ -1508,6 +1623,12 @@ impl Inner {
             (&planned, &prices),
             now,
         );
+        // Before the policies shape it: a phase switch is weighed with the policies applied to
+        // the EVSE on its other phase count.
+        let phase_candidates: Vec<(usize, Evse)> = phase_candidates
+            .into_iter()
+            .map(|j| (j, problem_evses[j].clone()))
+            .collect();
         policy::apply(&mut problem_evses, &rules);
         let mut problem = Problem::new(nodes, problem_evses, now_s);
         problem.rotation = lock(&self.rotation).clone();
@@ -1545,6 +1666,23 @@ impl Inner {
             match allocate::allocate(&problem) {
                 Ok(a) => allocation = a,
                 Err(e) => warn!(error = %e, "second allocation failed: the first one stands"),
+            }
+        }
+        // At most one trial allocation a tick: the first candidate with something to weigh.
+        for (j, unshaped) in phase_candidates {
+            let e = &evses[problem_keys[j]];
+            if let Some(l) = links
+                .get_mut(&e.key.station)
+                .and_then(|k| k.evses.get_mut(&e.key.evse))
+                && let Some(to_one) =
+                    weigh_phase_switch(&problem, &allocation, j, unshaped, &rules, l.one_phase)
+            {
+                l.phases_weighed_at = Some(now);
+                if to_one != l.one_phase {
+                    debug!(station = %e.key.station, evse = e.key.evse, to_one, "phase switch decided");
+                    l.switch_to_one = Some(to_one);
+                }
+                break;
             }
         }
         {
@@ -1654,7 +1792,7 @@ impl Inner {
                 held: Some(why),
             });
             let current = l.accepted.unwrap_or(s.config.max_current_a);
-            leaving.push((i, s.config.electrical.line_load(l.ev_phases, current)));
+            leaving.push((i, s.config.electrical.line_load(l.phases(), current)));
             if current > 0.05 {
                 decreases.push((i, 0.0));
             } else if l.sent_at.is_none_or(|t| now >= t + validity / 2) || !l.dynamic {
@@ -1789,7 +1927,7 @@ impl Inner {
                     purpose,
                     stack_level: level,
                     amps,
-                    ev_phases: l.ev_phases,
+                    ev_phases: l.phases(),
                     in_watts,
                     transaction_id: session.map(|s| s.transaction.clone()),
                     timing,
@@ -1888,7 +2026,7 @@ impl Inner {
                 let due = l.verified_at.is_none_or(|v| {
                     now >= v + every || now < v || l.changed_at.is_some_and(|c| c > v)
                 });
-                due.then_some((*evse, accepted, l.ev_phases))
+                due.then_some((*evse, accepted, l.phases()))
             });
             // Checked last: it builds the station's route list.
             let per_evse = || {
@@ -2065,6 +2203,8 @@ impl Inner {
                 }),
                 max_level: caps.and_then(|c| c.max_stack_level),
                 skew_s: st.and_then(|s| s.clock_skew_s),
+                switches_phases: caps.is_some_and(|c| c.phase_switching == Some(true))
+                    && config.electrical.wiring().phase_count() == 3,
                 booted: st.is_some_and(|s| s.boot.is_some()),
                 handle,
                 config,

@@ -349,6 +349,12 @@ pub struct ControlSettings {
     /// Shortest time between two increases sent to one station (decreases are never held
     /// back), s.
     pub raise_interval_s: u64,
+    /// Shortest time between two 3-to-1 (or 1-to-3) phase switches of one EVSE, on stations
+    /// that can switch, s.
+    pub phase_switch_s: u64,
+    /// Whether Loadstar switches EVs between 3 phases and 1 at all (off until its end-to-end
+    /// test has landed).
+    pub phase_switching: bool,
     /// `[[control.fleet]]`: what known vehicles need, by id tag (for stations and EVs that do
     /// not say it themselves).
     pub fleet: Vec<FleetNeeds>,
@@ -382,6 +388,8 @@ impl Default for ControlSettings {
             dwell_s: loadstar_optimizer::allocate::DEFAULT_DWELL_S as u64,
             turn_s: loadstar_optimizer::allocate::DEFAULT_TURN_S as u64,
             raise_interval_s: 10,
+            phase_switch_s: 300,
+            phase_switching: false,
             fleet: Vec::new(),
         }
     }

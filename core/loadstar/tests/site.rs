@@ -1728,6 +1728,26 @@ fn control_dwell_and_turn() {
 }
 
 #[test]
+fn control_phase_switching() {
+    let d = ok(BASE).control().clone();
+    assert_eq!((d.phase_switching, d.phase_switch_s), (false, 300));
+    let c = ok(&format!(
+        "{BASE}\n[control]\nphase_switching = true\nphase_switch_s = 600\n"
+    ));
+    assert_eq!(
+        (c.control().phase_switching, c.control().phase_switch_s),
+        (true, 600)
+    );
+    let text = format!("{BASE}\n[control]\nphase_switch_s = 10\n");
+    assert_err(
+        &errs(&text),
+        "control.phase_switch_s",
+        line_of(&text, "phase_switch_s"),
+        "between 60 and 86400",
+    );
+}
+
+#[test]
 fn control_fleet_needs() {
     assert!(ok(BASE).control().fleet.is_empty());
     assert_eq!(ok(BASE).control().plan_interval_s, 300);

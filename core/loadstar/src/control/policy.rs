@@ -456,8 +456,37 @@ impl PolicyRules<'_> {
 /// guarantees the minimums of the EVSEs it keeps on, so a share below the minimum still gets
 /// the minimum.
 pub fn apply(evses: &mut [Evse], rules: &[EvseRule]) {
+    let sharing = solar_sharing(evses.iter(), rules);
+    for (e, r) in evses.iter_mut().zip(rules) {
+        shape(e, r, &sharing);
+    }
+}
+
+/// What [`apply`] would make of EVSE `j` were it `e` instead (the same EVSE on another phase
+/// count), beside the others of `evses` (as they were before [`apply`]).
+pub fn apply_one(evses: &[Evse], rules: &[EvseRule], j: usize, e: &mut Evse) {
+    let sharing = {
+        let instead: &Evse = e;
+        solar_sharing(
+            evses
+                .iter()
+                .enumerate()
+                .map(|(i, x)| if i == j { instead } else { x }),
+            rules,
+        )
+    };
+    if let Some(r) = rules.get(j) {
+        shape(e, r, &sharing);
+    }
+}
+
+/// How many EVSEs share each policy's surplus, per line.
+fn solar_sharing<'a, 'r>(
+    evses: impl Iterator<Item = &'a Evse>,
+    rules: &'r [EvseRule],
+) -> BTreeMap<&'r str, PerLine> {
     let mut sharing: BTreeMap<&str, PerLine> = BTreeMap::new();
-    for (e, r) in evses.iter().zip(rules) {
+    for (e, r) in evses.zip(rules) {
         if let Some((name, _)) = &r.solar {
             let used = e
                 .circuit
@@ -466,27 +495,29 @@ pub fn apply(evses: &mut [Evse], rules: &[EvseRule]) {
             *sharing.entry(name.as_str()).or_insert(PerLine::ZERO) += used;
         }
     }
-    for (e, r) in evses.iter_mut().zip(rules) {
-        if let Some(p) = r.priority {
-            e.priority = e.priority.max(p);
-        }
-        if let Some(w) = r.weight.filter(|w| w.is_finite() && *w > 0.0) {
-            e.weight *= w;
-        }
-        if let Some((name, surplus)) = &r.solar {
-            let count = sharing
-                .get(name.as_str())
-                .copied()
-                .unwrap_or(PerLine::splat(1.0));
-            let per_amp = e.circuit.line_load(e.ev_phases, 1.0);
-            let cap = per_amp
-                .iter()
-                .filter(|(_, c)| *c > 0.0)
-                .map(|(line, c)| surplus[line] / count[line].max(1.0) / c)
-                .fold(f64::INFINITY, f64::min);
-            if cap.is_finite() {
-                e.max_a = e.max_a.min(cap.max(e.min_a));
-            }
+    sharing
+}
+
+fn shape(e: &mut Evse, r: &EvseRule, sharing: &BTreeMap<&str, PerLine>) {
+    if let Some(p) = r.priority {
+        e.priority = e.priority.max(p);
+    }
+    if let Some(w) = r.weight.filter(|w| w.is_finite() && *w > 0.0) {
+        e.weight *= w;
+    }
+    if let Some((name, surplus)) = &r.solar {
+        let count = sharing
+            .get(name.as_str())
+            .copied()
+            .unwrap_or(PerLine::splat(1.0));
+        let per_amp = e.circuit.line_load(e.ev_phases, 1.0);
+        let cap = per_amp
+            .iter()
+            .filter(|(_, c)| *c > 0.0)
+            .map(|(line, c)| surplus[line] / count[line].max(1.0) / c)
+            .fold(f64::INFINITY, f64::min);
+        if cap.is_finite() {
+            e.max_a = e.max_a.min(cap.max(e.min_a));
         }
     }
 }

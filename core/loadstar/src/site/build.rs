@@ -80,6 +80,8 @@ const CONTROL_KEYS: &[&str] = &[
     "dwell_s",
     "turn_s",
     "raise_interval_s",
+    "phase_switch_s",
+    "phase_switching",
     "fleet",
 ];
 const FLEET_KEYS: &[&str] = &["id_tags", "departure", "energy_kwh"];
@@ -1459,6 +1461,8 @@ fn read_control(root: &Table<'_, '_>, d: &mut Diag<'_>) -> Option<ControlSetting
         (_, turn) => turn,
     };
     let raise_interval = int_setting(&t, "raise_interval_s", 0, 3_600, 10, d);
+    let phase_switch = int_setting(&t, "phase_switch_s", 60, 86_400, 300, d);
+    let phase_switching = bool_setting(&t, "phase_switching", false, d);
     let fleet = read_fleet(&t, d);
     Some(ControlSettings {
         tick_ms: tick? as u64,
@@ -1475,6 +1479,8 @@ fn read_control(root: &Table<'_, '_>, d: &mut Diag<'_>) -> Option<ControlSetting
         dwell_s: dwell? as u64,
         turn_s: turn? as u64,
         raise_interval_s: raise_interval? as u64,
+        phase_switch_s: phase_switch? as u64,
+        phase_switching: phase_switching?,
         fleet: fleet?,
     })
 }
